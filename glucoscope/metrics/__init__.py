@@ -4,7 +4,14 @@ AGP percentiles and transparent long-term risk indicators.
 Entry point: :func:`compute_summary`. Time contract: :mod:`glucoscope.metrics._input`.
 """
 
-from ._input import SENSOR_HIGH_MG_DL, SENSOR_LOW_MG_DL, CleanSeries, clean_series, parse_sensor_values
+from ._input import (
+    SENSOR_HIGH_MG_DL,
+    SENSOR_LOW_MG_DL,
+    CleanSeries,
+    clean_series,
+    infer_interval_minutes,
+    parse_sensor_values,
+)
 from .agp import AGPProfile, DailyProfiles, agp_profile, daily_profiles
 from .consensus import (
     cv_percent,
@@ -20,9 +27,24 @@ from .consensus import (
     time_in_tight_range_70_140,
     wear_statistics,
 )
-from .risk import GRIZoneIndicator, HazardEstimate, HbA1cEstimate, LongTermRiskIndicators, long_term_risk
+from .risk import (
+    GRIZoneIndicator,
+    HazardEstimate,
+    HbA1cEstimate,
+    LongTermRiskIndicators,
+    long_term_risk,
+)
 from .summary import GlucoseSummary, compute_summary
-from .variability import GRIResult, conga, glycemia_risk_index, gri_zone, lbgi_hbgi, mage, modd, regular_grid
+from .variability import (
+    GRIResult,
+    conga,
+    glycemia_risk_index,
+    gri_zone,
+    lbgi_hbgi,
+    mage,
+    modd,
+    regular_grid,
+)
 
 __all__ = [
     "SENSOR_HIGH_MG_DL",
@@ -45,6 +67,7 @@ __all__ = [
     "glycemia_risk_index",
     "gmi_percent",
     "gri_zone",
+    "infer_interval_minutes",
     "lbgi_hbgi",
     "long_term_risk",
     "mage",

@@ -42,7 +42,9 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def parse_sensor_values(
-    raw: Iterable[object], low_value: float = SENSOR_LOW_MG_DL, high_value: float = SENSOR_HIGH_MG_DL
+    raw: Iterable[object],
+    low_value: float = SENSOR_LOW_MG_DL,
+    high_value: float = SENSOR_HIGH_MG_DL,
 ) -> FloatArray:
     """Convert raw sensor exports (numbers, numeric strings, "Low"/"High") to floats in mg/dL.
 
@@ -105,6 +107,20 @@ def _to_seconds(timestamps: object) -> tuple[FloatArray, bool]:
     raise TypeError(f"Unsupported timestamp dtype {arr.dtype!r}")
 
 
+def infer_interval_minutes(t_abs: FloatArray, default: float = 5.0) -> float:
+    """Most common gap between readings in whole minutes (as iglu's ``CGMS2DayByDay``).
+
+    Used when the caller does not know the device: 5 for Dexcom, 15 for Libre 1 style exports.
+    """
+    if t_abs.size < 2:
+        return default
+    diffs = np.rint(np.diff(t_abs) / 60.0).astype(np.int64)
+    diffs = diffs[diffs > 0]
+    if diffs.size == 0:
+        return default
+    return float(np.bincount(diffs).argmax())
+
+
 def clean_series(
     values_mg_dl: Sequence[float] | npt.ArrayLike,
     timestamps: object,
@@ -118,13 +134,19 @@ def clean_series(
     t_sec, is_dt = _to_seconds(timestamps)
     t_sec = t_sec.ravel()
     if values.size != t_sec.size:
-        raise ValueError(f"values ({values.size}) and timestamps ({t_sec.size}) differ in length")
+        raise ValueError(
+            f"values ({values.size}) and timestamps ({t_sec.size}) differ in length"
+        )
     if utc_offset_seconds is None:
         offset: FloatArray = np.zeros_like(t_sec)
     else:
         if is_dt:
-            raise ValueError("utc_offset_seconds is only valid with epoch-second timestamps")
-        offset = np.broadcast_to(np.asarray(utc_offset_seconds, dtype=np.float64), t_sec.shape)
+            raise ValueError(
+                "utc_offset_seconds is only valid with epoch-second timestamps"
+            )
+        offset = np.broadcast_to(
+            np.asarray(utc_offset_seconds, dtype=np.float64), t_sec.shape
+        )
     keep = np.isfinite(values) & (values > 0) & np.isfinite(t_sec) & np.isfinite(offset)
     values, t_abs, t_local = values[keep], t_sec[keep], (t_sec + offset)[keep]
     if values.size == 0:

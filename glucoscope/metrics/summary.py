@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy.typing as npt
 
-from ._input import clean_series
+from ._input import clean_series, infer_interval_minutes
 from .consensus import (
     cv_percent,
     gmi_percent,
@@ -62,13 +62,15 @@ class GlucoseSummary:
 
     def risk_indicators(self) -> LongTermRiskIndicators:
         """Long-term risk indicators (estimates, with citations) derived from this summary."""
-        return long_term_risk(self.time_in_range_70_180, self.gmi, self.gri, self.gri_zone)
+        return long_term_risk(
+            self.time_in_range_70_180, self.gmi, self.gri, self.gri_zone
+        )
 
 
 def compute_summary(
     values_mg_dl: npt.ArrayLike,
     timestamps: object,
-    interval_minutes: float = 5.0,
+    interval_minutes: float | None = 5.0,
     utc_offset_seconds: float | npt.ArrayLike | None = None,
     conga_hours: int = 1,
 ) -> GlucoseSummary:
@@ -79,13 +81,16 @@ def compute_summary(
     ``timestamps``: see the time contract in :mod:`glucoscope.metrics._input` (local
     ``datetime64`` or epoch seconds with optional ``utc_offset_seconds``).
     ``interval_minutes``: the sensor's nominal sampling interval (5 Dexcom, 15 Libre) used for
-    % active and the CONGA/MODD grid. ``conga`` is CONGA(``conga_hours``), CONGA(1) by default.
+    % active and the CONGA/MODD grid; ``None`` infers it as the most common gap.
+    ``conga`` is CONGA(``conga_hours``), CONGA(1) by default.
 
     The sufficiency flag (>= 14 days and >= 70 % active, Battelino 2019) is reported beside the
     numbers and never hides them.
     """
     s = clean_series(values_mg_dl, timestamps, utc_offset_seconds)
     v = s.values
+    if interval_minutes is None:
+        interval_minutes = infer_interval_minutes(s.t_abs)
     days, active = wear_statistics(s.t_abs, interval_minutes)
     mean = mean_glucose(v)
     gri = glycemia_risk_index(v)

@@ -29,7 +29,9 @@ MAGE_CITATION = (
     "J Diabetes Sci Technol 2022;16(2):576-577. doi:10.1177/19322968211061165"
 )
 CONGA_CITATION = "McDonnell CM, et al. Diabetes Technol Ther 2005;7(2):253-263. doi:10.1089/dia.2005.7.253"
-MODD_CITATION = "Service FJ, Nelson RL. Diabetes Care 1980;3(1):58-62. doi:10.2337/diacare.3.1.58"
+MODD_CITATION = (
+    "Service FJ, Nelson RL. Diabetes Care 1980;3(1):58-62. doi:10.2337/diacare.3.1.58"
+)
 
 DAY_SECONDS = 86400.0
 
@@ -76,7 +78,9 @@ def glycemia_risk_index(values: FloatArray) -> GRIResult | None:
     hypo = vlow + 0.8 * low
     hyper = vhigh + 0.5 * high
     gri = min(100.0, 3.0 * hypo + 1.6 * hyper)
-    return GRIResult(gri=gri, zone=gri_zone(gri), hypo_component=hypo, hyper_component=hyper)
+    return GRIResult(
+        gri=gri, zone=gri_zone(gri), hypo_component=hypo, hyper_component=hyper
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,7 +109,10 @@ def lbgi_hbgi(values: FloatArray) -> tuple[float | None, float | None]:
 # Regular grid (shared by MAGE, CONGA, MODD)
 # --------------------------------------------------------------------------------------------
 def regular_grid(
-    values: FloatArray, t_sec: FloatArray, step_minutes: float, inter_gap_minutes: float = 45.0
+    values: FloatArray,
+    t_sec: FloatArray,
+    step_minutes: float,
+    inter_gap_minutes: float = 45.0,
 ) -> tuple[FloatArray, FloatArray]:
     """Linear interpolation onto ``k * step`` after midnight of the first day.
 
@@ -135,14 +142,16 @@ def regular_grid(
 # --------------------------------------------------------------------------------------------
 # CONGA / MODD
 # --------------------------------------------------------------------------------------------
-def conga(values: FloatArray, t_sec: FloatArray, hours: int = 1, interval_minutes: float = 5.0) -> float | None:
+def conga(
+    values: FloatArray, t_sec: FloatArray, hours: int = 1, interval_minutes: float = 5.0
+) -> float | None:
     """CONGA(n): sample SD of differences between grid values exactly ``hours`` apart.
 
     McDonnell 2005. Computed on the interpolated grid (see :func:`regular_grid`); None when
     fewer than two differences exist.
     """
     _, g = regular_grid(values, t_sec, interval_minutes)
-    lag = int(round(60.0 / interval_minutes)) * hours
+    lag = round(60.0 / interval_minutes) * hours
     if lag <= 0 or g.size <= lag:
         return None
     d = g[lag:] - g[:-lag]
@@ -152,7 +161,12 @@ def conga(values: FloatArray, t_sec: FloatArray, hours: int = 1, interval_minute
     return float(d.std(ddof=1))
 
 
-def modd(values: FloatArray, t_sec: FloatArray, interval_minutes: float = 5.0, lag_days: int = 1) -> float | None:
+def modd(
+    values: FloatArray,
+    t_sec: FloatArray,
+    interval_minutes: float = 5.0,
+    lag_days: int = 1,
+) -> float | None:
     """MODD: mean absolute difference between grid values 24 h (``lag_days``) apart.
 
     Service & Nelson 1980. None when no pair 24 h apart exists.

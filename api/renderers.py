@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from rest_framework.renderers import BaseRenderer
+
+
+class OrjsonRenderer(BaseRenderer):
+    media_type = "application/json"
+    format = "json"
+    charset = None
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: dict[str, Any] | None = None) -> bytes:
+        if data is None:
+            return b""
+        # Django's lazy translation strings and DRF's ErrorDetail are str subclasses; `default` covers the rest.
+        return orjson.dumps(data, default=str, option=orjson.OPT_PASSTHROUGH_SUBCLASS)

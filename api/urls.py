@@ -1,0 +1,29 @@
+from django.urls import path, re_path
+
+from api import views
+from api.nightscout import views as ns
+
+
+v1 = [
+    path("auth/token", views.TokenObtainApi.as_view(), name="token"),
+    path("auth/token/refresh", views.TokenRefreshApi.as_view(), name="token-refresh"),
+    path("me", views.MeApi.as_view(), name="me"),
+    path("patients", views.PatientListApi.as_view(), name="patients"),
+    path("patients/<int:patient_id>/readings", views.PatientReadingsApi.as_view(), name="patient-readings"),
+    path("patients/<int:patient_id>/summary", views.PatientSummaryApi.as_view(), name="patient-summary"),
+    path("patients/<int:patient_id>/treatments", views.PatientTreatmentsApi.as_view(), name="patient-treatments"),
+    path("readings", views.ReadingIngestApi.as_view(), name="readings"),
+    path("treatments", views.TreatmentIngestApi.as_view(), name="treatments"),
+]
+
+nightscout_v1 = [
+    re_path(r"^entries(?:\.json)?$", ns.EntriesApi.as_view(), name="ns-entries"),
+    re_path(r"^entries/sgv(?:\.json)?$", ns.EntriesSgvApi.as_view(), name="ns-entries-sgv"),
+    re_path(r"^entries/current(?:\.json)?$", ns.EntriesCurrentApi.as_view(), name="ns-entries-current"),
+    re_path(r"^treatments(?:\.json)?$", ns.TreatmentsApi.as_view(), name="ns-treatments"),
+    re_path(r"^devicestatus(?:\.json)?$", ns.DeviceStatusApi.as_view(), name="ns-devicestatus"),
+    re_path(r"^profile(?:\.json)?$", ns.ProfileApi.as_view(), name="ns-profile"),
+    re_path(r"^status(?:\.json)?$", ns.StatusApi.as_view(), name="ns-status"),
+    re_path(r"^verifyauth$", ns.VerifyAuthApi.as_view(), name="ns-verifyauth"),
+    re_path(r"^experiments/test$", ns.ExperimentsTestApi.as_view(), name="ns-experiments-test"),
+]

@@ -1,0 +1,256 @@
+"""Native REST API v1. Views are thin: parse the request, call a selector or service, shape the response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from api.authentication import VendorPrincipal
+from api.permissions import CanUploadReadings
+from api.query import glucose_unit, time_range
+from glucoscope.patients.models import Patient, User
+from glucoscope.patients.selectors import patient_get_for_user, patients_visible_to
+from glucoscope.readings import selectors
+from glucoscope.readings.batches import Uploader, reading_batch_ingest
+from glucoscope.readings.models import GlucoseReading, ReadingSource, Treatment
+from glucoscope.readings.treatments import treatment_batch_ingest
+
+ERR_EMPTY_BATCH = "Send a JSON object or an array of 1 to {limit} items."
+ERR_BATCH_TOO_LARGE = "At most {limit} items per request; split the batch."
+
+START_END = [
+    OpenApiParameter("start", str, description="ISO 8601 with offset, or epoch ms. Default: end − 24 h."),
+    OpenApiParameter("end", str, description="ISO 8601 with offset, or epoch ms. Default: now."),
+]
+BatchResponse = inline_serializer(
+    "BatchResponse",
+    {
+        "accepted": serializers.IntegerField(),
+        "duplicates": serializers.IntegerField(),
+        "rejected": serializers.ListField(child=serializers.DictField()),
+    },
+)
+
+
+def batch_items(data: Any) -> list[Any]:
+    """A single object or an array of 1..MAX_BATCH_ITEMS; 413 beyond that."""
+    limit = settings.MAX_BATCH_ITEMS
+    items = [data] if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise ValidationError({"non_field_errors": [ERR_EMPTY_BATCH.format(limit=limit)]})
+    if len(items) > limit:
+        raise BatchTooLarge(ERR_BATCH_TOO_LARGE.format(limit=limit))
+    return items
+
+
+class BatchTooLarge(ValidationError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+def patient_json(patient: Patient) -> dict[str, Any]:
+    return {
+        "id": patient.pk,
+        "username": patient.user.username,
+        "name": patient.user.get_full_name(),
+        "time_zone": patient.time_zone,
+        "diabetes_type": patient.diabetes_type,
+        "birth_year": patient.birth_year,
+        "preferred_unit": patient.preferred_unit,
+        "target_low_mgdl": patient.target_low_mgdl,
+        "target_high_mgdl": patient.target_high_mgdl,
+    }
+
+
+def reading_json(reading: GlucoseReading, unit: str) -> dict[str, Any]:
+    return {
+        "id": reading.pk,
+        "timestamp": reading.measured_at.isoformat(),
+        "value": selectors.glucose_in_unit(reading.value_mgdl, unit),
+        "unit": unit,
+        "sensor_flag": reading.sensor_flag or None,
+        "trend": reading.direction or None,
+        "trend_rate": reading.trend_rate,
+        "is_calibration": reading.is_calibration,
+        "source": reading.source,
+        "device_id": reading.device_id,
+    }
+
+
+def treatment_json(treatment: Treatment) -> dict[str, Any]:
+    return {
+        "id": treatment.pk,
+        "timestamp": treatment.occurred_at.isoformat(),
+        "kind": treatment.kind,
+        "carbs_g": treatment.carbs_g,
+        "insulin_units": treatment.insulin_units,
+        "basal_rate_u_per_h": treatment.basal_rate_u_per_h,
+        "duration_minutes": treatment.duration_minutes,
+        "note": treatment.note,
+        "event_type": treatment.event_type,
+        "entered_by": treatment.entered_by_label,
+        "source": treatment.source,
+    }
+
+
+class LoginThrottle(ScopedRateThrottle):
+    scope_attr = "throttle_scope"
+
+
+class TokenObtainApi(TokenObtainPairView):
+    """`{"username", "password"}` → `{"access", "refresh"}`. Access tokens expire (ACCESS_TOKEN_MINUTES)."""
+
+    throttle_classes = [LoginThrottle]
+    throttle_scope = "login"
+
+
+class TokenRefreshApi(TokenRefreshView):
+    throttle_classes = [LoginThrottle]
+    throttle_scope = "login"
+
+
+class MeApi(APIView):
+    @extend_schema(responses=inline_serializer("Me", {"id": serializers.IntegerField()}))
+    def get(self, request: Request) -> Response:
+        user: User = request.user  # type: ignore[assignment]
+        patient = getattr(user, "patient", None)
+        return Response(
+            {
+                "id": user.pk,
+                "username": user.username,
+                "name": user.get_full_name(),
+                "email": user.email,
+                "role": user.role,
+                "patient": patient_json(patient) if patient else None,
+            }
+        )
+
+
+class PatientListApi(APIView):
+    class Pagination(LimitOffsetPagination):
+        default_limit = 100
+        max_limit = 1000
+
+    @extend_schema(responses=inline_serializer("PatientList", {"results": serializers.ListField()}))
+    def get(self, request: Request) -> Response:
+        patients = patients_visible_to(user=request.user).select_related("user").order_by("pk")  # type: ignore[arg-type]
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(patients, request, view=self)
+        return paginator.get_paginated_response([patient_json(p) for p in page or []])
+
+
+class ReadingIngestApi(APIView):
+    """Bulk ingest from a vendor key or the patient's own app. Idempotent; near duplicates (<60 s, same value) stored once."""
+
+    permission_classes = [CanUploadReadings]
+
+    @extend_schema(request=inline_serializer("ReadingBatch", {"timestamp": serializers.CharField()}), responses=BatchResponse)
+    def post(self, request: Request) -> Response:
+        items = batch_items(request.data)
+        principal = request.user
+        if isinstance(principal, VendorPrincipal):
+            uploader = Uploader(source=ReadingSource.VENDOR, vendor_id=principal.vendor_id)
+        else:
+            uploader = Uploader(source=ReadingSource.APP, patient_id=principal.patient.pk)  # type: ignore[union-attr]
+        outcome = reading_batch_ingest(uploader=uploader, items=items)
+        all_rejected = outcome.rejected and len(outcome.rejected) == len(items)
+        return Response(outcome.as_response(), status=status.HTTP_400_BAD_REQUEST if all_rejected else status.HTTP_200_OK)
+
+
+class TreatmentIngestApi(APIView):
+    """Carbohydrates (g), insulin (U), exercise and notes, from the patient, a caregiver or the care team."""
+
+    @extend_schema(request=inline_serializer("TreatmentBatch", {"timestamp": serializers.CharField()}), responses=BatchResponse)
+    def post(self, request: Request) -> Response:
+        items = batch_items(request.data)
+        outcome = treatment_batch_ingest(user=request.user, items=items)  # type: ignore[arg-type]
+        all_rejected = outcome.rejected and len(outcome.rejected) == len(items)
+        return Response(outcome.as_response(), status=status.HTTP_400_BAD_REQUEST if all_rejected else status.HTTP_200_OK)
+
+
+class ReadingCursorPagination(CursorPagination):
+    ordering = "measured_at"
+    page_size = 288  # one day of 5-minute readings
+    page_size_query_param = "page_size"
+
+    @property
+    def max_page_size(self) -> int:  # type: ignore[override]
+        return settings.READINGS_MAX_PAGE_SIZE
+
+
+class PatientReadingsApi(APIView):
+    @extend_schema(
+        parameters=[*START_END, OpenApiParameter("unit", str, enum=["mg/dL", "mmol/L"]), OpenApiParameter("page_size", int)],
+        responses=inline_serializer("ReadingPage", {"results": serializers.ListField()}),
+    )
+    def get(self, request: Request, patient_id: int) -> Response:
+        patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
+        start, end = time_range(request)
+        unit = glucose_unit(request, default=patient.preferred_unit)
+        paginator = ReadingCursorPagination()
+        page = paginator.paginate_queryset(selectors.readings_in_range(patient=patient, start=start, end=end), request, view=self)
+        response = paginator.get_paginated_response([reading_json(r, unit) for r in page or []])
+        response.data.update({"start": start.isoformat(), "end": end.isoformat(), "unit": unit})
+        return response
+
+
+class PatientTreatmentsApi(APIView):
+    class Pagination(CursorPagination):
+        ordering = "occurred_at"
+        page_size = 200
+        page_size_query_param = "page_size"
+        max_page_size = 1000
+
+    @extend_schema(parameters=START_END, responses=inline_serializer("TreatmentPage", {"results": serializers.ListField()}))
+    def get(self, request: Request, patient_id: int) -> Response:
+        patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
+        start, end = time_range(request)
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(selectors.treatments_in_range(patient=patient, start=start, end=end), request, view=self)
+        return paginator.get_paginated_response([treatment_json(t) for t in page or []])
+
+
+class PatientSummaryApi(APIView):
+    """Latest reading, its age, trend, and the count of readings in the 24 h before `computed_at`."""
+
+    @extend_schema(parameters=[OpenApiParameter("unit", str, enum=["mg/dL", "mmol/L"])],
+                   responses=inline_serializer("Summary", {"latest": serializers.DictField(allow_null=True)}))
+    def get(self, request: Request, patient_id: int) -> Response:
+        patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
+        unit = glucose_unit(request, default=patient.preferred_unit)
+        summary = selectors.patient_summary_get(patient=patient)
+        latest = summary.latest_reading if summary else None
+        now = timezone.now()
+        return Response(
+            {
+                "patient": patient.pk,
+                "unit": unit,
+                "latest": reading_json(latest, unit) if latest else None,
+                "latest_age_seconds": round((now - latest.measured_at).total_seconds()) if latest else None,
+                "trend": (latest.direction or None) if latest else None,
+                "readings_last_24h": summary.readings_last_24h if summary else 0,
+                "computed_at": summary.computed_at.isoformat() if summary else None,
+            }
+        )
+
+
+class HealthApi(APIView):
+    """Liveness: the process answers. No internals, no authentication."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField()}))
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})

@@ -1,0 +1,380 @@
+"""Reading CGM files and putting readings on a causal 5-minute grid.
+
+Pure numpy/pandas; no Django. The shared CSV format is
+``subject_id,timestamp,glucose_mg_dl`` (optionally gzipped, local time with no
+offset) with optional ``carbs_g`` and ``insulin_u`` columns.
+
+The grid is built so that the value of a slot never depends on a reading that
+came later than the slot's own reading: duplicates keep the *first* reading and
+short gaps are interpolated only between two readings that both lie inside the
+window being used (see :func:`build_grid`).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+GRID_MINUTES = 5
+GRID_SECONDS = GRID_MINUTES * 60
+#: Sensor floor/ceiling: "Low"/"High" readings are clamped here and flagged.
+LOW_LIMIT_MG_DL = 40.0
+HIGH_LIMIT_MG_DL = 400.0
+#: Gaps up to this long (between two real readings) are linearly interpolated;
+#: longer gaps stay masked because inventing long stretches hides real events.
+MAX_INTERPOLATED_GAP_MINUTES = 15
+#: A gap longer than this starts a new grid segment with a fresh anchor, which
+#: stops slow clock drift from accumulating across sensor sessions.
+SEGMENT_BREAK_MINUTES = 30
+#: Longest run of empty slots kept between segments; anything longer is
+#: irrelevant to a 6 h context and would only waste memory.
+MAX_EMPTY_SLOTS = 120
+
+FLAG_NONE = 0
+FLAG_LOW = 1
+FLAG_HIGH = 2
+
+TYPE1_COHORTS = ("AZT1D", "Bris-T1D_Open", "T1D-UOM")
+
+_LOW_WORDS = {"low", "lo", "l"}
+_HIGH_WORDS = {"high", "hi", "h"}
+
+
+@dataclass
+class SubjectReadings:
+    """All readings of one subject, sorted by time.
+
+    Attributes:
+        subject_id: identifier as written in the input.
+        times: shape ``[N]`` int64, seconds since the epoch of the naive local time.
+        glucose: shape ``[N]`` float64 mg/dL, clamped to 40..400.
+        flags: shape ``[N]`` int8, FLAG_LOW / FLAG_HIGH where clamped.
+        carbs: shape ``[N]`` float64 grams (0 where absent) or None.
+        insulin: shape ``[N]`` float64 units (0 where absent) or None.
+        raw_timestamps: shape ``[N]`` object, the timestamp text as written.
+    """
+
+    subject_id: str
+    times: np.ndarray
+    glucose: np.ndarray
+    flags: np.ndarray
+    carbs: np.ndarray | None = None
+    insulin: np.ndarray | None = None
+    raw_timestamps: np.ndarray | None = None
+    cohort: str = ""
+
+    def __len__(self) -> int:
+        return int(self.times.shape[0])
+
+
+@dataclass
+class Grid:
+    """One subject's readings on a 5-minute grid.
+
+    Attributes:
+        reading_slot: shape ``[N]`` int64, the slot of every input reading
+            (duplicates share a slot).
+        reading_kept: shape ``[N]`` bool, True for the reading that defines its slot.
+        value: shape ``[S]`` float64 mg/dL, NaN where nothing is known;
+            interpolated inside short gaps.
+        observed: shape ``[S]`` bool, a real reading sits in this slot.
+        interpolated: shape ``[S]`` bool, value was filled from a short gap.
+        slot_time: shape ``[S]`` int64 seconds, nominal time of each slot.
+        carbs / insulin: shape ``[S]`` float64 (zeros when the channel is absent).
+        has_treatments: whether carbs or insulin were supplied at all.
+    """
+
+    reading_slot: np.ndarray
+    reading_kept: np.ndarray
+    value: np.ndarray
+    observed: np.ndarray
+    interpolated: np.ndarray
+    slot_time: np.ndarray
+    carbs: np.ndarray
+    insulin: np.ndarray
+    has_treatments: bool = False
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.value.shape[0])
+
+
+def parse_glucose(values: np.ndarray | list[object]) -> tuple[np.ndarray, np.ndarray]:
+    """Turn raw glucose cells into mg/dL and sensor flags.
+
+    "Low"/"High" words and numbers outside 40..400 are clamped and flagged, as the
+    sensors themselves do; unparseable cells become NaN (dropped later).
+
+    Returns:
+        (glucose ``[N]`` float64, flags ``[N]`` int8)
+    """
+    raw = pd.Series(np.asarray(values, dtype=object))
+    numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    flags = np.zeros(numeric.shape[0], dtype=np.int8)
+    nan = np.isnan(numeric)
+    if nan.any():
+        words = raw[nan].astype(str).str.strip().str.lower()
+        low = words.isin(_LOW_WORDS).to_numpy()
+        high = words.isin(_HIGH_WORDS).to_numpy()
+        idx = np.flatnonzero(nan)
+        numeric[idx[low]] = LOW_LIMIT_MG_DL
+        numeric[idx[high]] = HIGH_LIMIT_MG_DL
+        flags[idx[low]] = FLAG_LOW
+        flags[idx[high]] = FLAG_HIGH
+    with np.errstate(invalid="ignore"):
+        below = numeric < LOW_LIMIT_MG_DL
+        above = numeric > HIGH_LIMIT_MG_DL
+    flags[below] = FLAG_LOW
+    flags[above] = FLAG_HIGH
+    numeric = np.where(below, LOW_LIMIT_MG_DL, np.where(above, HIGH_LIMIT_MG_DL, numeric))
+    return numeric, flags
+
+
+def parse_timestamps(values: pd.Series) -> np.ndarray:
+    """Parse timestamp text into int64 seconds (naive local time kept as is).
+
+    Offsets, where present, are converted to UTC; the shared files have none.
+    Unparseable cells become the minimum int64 sentinel and are dropped later.
+    """
+    parsed = pd.to_datetime(values, errors="coerce", format="mixed")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    out = parsed.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    return out
+
+
+def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, SubjectReadings]:
+    """Split a readings frame into per-subject, time-sorted :class:`SubjectReadings`.
+
+    The sort is stable so that, among readings with the same timestamp, the one
+    written first in the file wins later de-duplication.
+    """
+    required = {"subject_id", "timestamp", "glucose_mg_dl"}
+    missing = required - set(frame.columns)
+    if missing:
+        raise ValueError(f"CSV is missing columns: {sorted(missing)}")
+    raw_ts = frame["timestamp"].astype(str).to_numpy(dtype=object)
+    times = parse_timestamps(frame["timestamp"].astype(str))
+    glucose, flags = parse_glucose(frame["glucose_mg_dl"].to_numpy(dtype=object))
+    has_carbs = "carbs_g" in frame.columns
+    has_insulin = "insulin_u" in frame.columns
+    carbs = (
+        np.nan_to_num(pd.to_numeric(frame["carbs_g"], errors="coerce").to_numpy(np.float64))
+        if has_carbs
+        else None
+    )
+    insulin = (
+        np.nan_to_num(pd.to_numeric(frame["insulin_u"], errors="coerce").to_numpy(np.float64))
+        if has_insulin
+        else None
+    )
+    valid = (times != np.iinfo(np.int64).min) & ~np.isnan(glucose)
+    subjects = frame["subject_id"].astype(str).to_numpy(dtype=object)
+    out: dict[str, SubjectReadings] = {}
+    idx_all = np.flatnonzero(valid)
+    if idx_all.size == 0:
+        return out
+    codes, uniques = pd.factorize(subjects[idx_all], sort=False)
+    order = np.lexsort((times[idx_all], codes))
+    idx_sorted = idx_all[order]
+    codes_sorted = codes[order]
+    bounds = np.flatnonzero(np.diff(codes_sorted)) + 1
+    for chunk in np.split(idx_sorted, bounds):
+        sid = str(subjects[chunk[0]])
+        out[sid] = SubjectReadings(
+            subject_id=sid,
+            times=times[chunk],
+            glucose=glucose[chunk],
+            flags=flags[chunk],
+            carbs=carbs[chunk] if carbs is not None else None,
+            insulin=insulin[chunk] if insulin is not None else None,
+            raw_timestamps=raw_ts[chunk],
+            cohort=cohort,
+        )
+    return out
+
+
+def read_cgm_csv(path: str | Path, cohort: str | None = None) -> dict[str, SubjectReadings]:
+    """Read a (gzipped) CGM CSV into per-subject readings.
+
+    Args:
+        path: ``.csv`` or ``.csv.gz`` with ``subject_id,timestamp,glucose_mg_dl``
+            and optionally ``carbs_g,insulin_u``.
+        cohort: label stored on every subject (defaults to the file stem).
+    """
+    path = Path(path)
+    if cohort is None:
+        cohort = path.name.split(".")[0]
+    frame = pd.read_csv(path, dtype={"subject_id": str, "timestamp": str, "glucose_mg_dl": str})
+    return frame_to_subjects(frame, cohort=cohort)
+
+
+def read_metadata(path: str | Path) -> dict[str, dict[str, str]]:
+    """Read a ``<cohort>-metadata.csv`` into ``{person_id: row}``.
+
+    Uses the csv module because some cells contain quoted commas.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as fh:  # type: ignore[operator]
+        reader = csv.DictReader(fh)
+        return {row["person_id"]: dict(row) for row in reader if row.get("person_id")}
+
+
+def load_cohorts(
+    data_dir: str | Path, cohorts: tuple[str, ...] = TYPE1_COHORTS
+) -> dict[str, SubjectReadings]:
+    """Load several shared cohorts; keys are ``"<cohort>/<subject_id>"``.
+
+    Raises:
+        FileNotFoundError: when the data folder or a cohort file is missing.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"CGM data folder not found: {data_dir}")
+    out: dict[str, SubjectReadings] = {}
+    for name in cohorts:
+        subjects = read_cgm_csv(data_dir / f"{name}.csv.gz", cohort=name)
+        meta_path = data_dir / f"{name}-metadata.csv"
+        meta = read_metadata(meta_path) if meta_path.exists() else {}
+        for sid, readings in subjects.items():
+            readings.cohort = name
+            if sid in meta:
+                readings.subject_id = sid
+            out[f"{name}/{sid}"] = readings
+    return out
+
+
+def build_grid(readings: SubjectReadings) -> Grid:
+    """Place one subject's sorted readings on a causal 5-minute grid.
+
+    Why this shape: within a segment (no gap > 30 min) the slot of a reading is
+    ``round((t - anchor) / 5 min)`` with the anchor at the segment's first
+    reading, so 1-minute uploads, 5-minute sensors and 15-minute Libre records
+    all land on one 5-minute lattice. When two readings fall in one slot the
+    first wins, so a later near-duplicate can never change an earlier forecast.
+    Gaps of at most 15 minutes between real readings are linearly interpolated;
+    longer gaps stay NaN and masked.
+    """
+    times = readings.times
+    n = times.shape[0]
+    if n == 0:
+        empty_f = np.zeros(0, dtype=np.float64)
+        empty_b = np.zeros(0, dtype=bool)
+        return Grid(
+            reading_slot=np.zeros(0, dtype=np.int64),
+            reading_kept=empty_b,
+            value=empty_f,
+            observed=empty_b,
+            interpolated=empty_b,
+            slot_time=np.zeros(0, dtype=np.int64),
+            carbs=empty_f,
+            insulin=empty_f,
+        )
+    dt = np.diff(times)
+    new_segment = np.concatenate([[True], dt > SEGMENT_BREAK_MINUTES * 60])
+    seg_id = np.cumsum(new_segment) - 1
+    seg_start_idx = np.flatnonzero(new_segment)
+    anchor = times[seg_start_idx][seg_id]
+    local_slot = np.rint((times - anchor) / GRID_SECONDS).astype(np.int64)
+    # Offsets of each segment on the global slot axis: previous segment's last
+    # slot plus the (capped) gap expressed in slots.
+    seg_offset = np.zeros(seg_start_idx.shape[0], dtype=np.int64)
+    if seg_start_idx.shape[0] > 1:
+        gap_secs = times[seg_start_idx[1:]] - times[seg_start_idx[1:] - 1]
+        gap_slots = np.minimum(np.rint(gap_secs / GRID_SECONDS).astype(np.int64), MAX_EMPTY_SLOTS)
+        prev_end_local = local_slot[seg_start_idx[1:] - 1]
+        # Segment k starts gap_slots after the last slot of segment k-1.
+        steps = prev_end_local + gap_slots
+        seg_offset[1:] = np.cumsum(steps)
+    slot = seg_offset[seg_id] + local_slot
+    # Slot numbers are non-decreasing by construction; guard anyway.
+    slot = np.maximum.accumulate(slot)
+    # Keep the first reading per slot (input is sorted by time, stable).
+    kept = np.concatenate([[True], np.diff(slot) > 0])
+    n_slots = int(slot[-1]) + 1
+    value = np.full(n_slots, np.nan)
+    observed = np.zeros(n_slots, dtype=bool)
+    ks = slot[kept]
+    value[ks] = readings.glucose[kept]
+    observed[ks] = True
+    # Nominal time of every slot: anchor of the slot's segment + 5 min * local.
+    slot_seg = np.zeros(n_slots, dtype=np.int64)
+    slot_seg[ks] = seg_id[kept]
+    slot_seg = np.maximum.accumulate(slot_seg)
+    seg_anchor_time = times[seg_start_idx]
+    slot_time = seg_anchor_time[slot_seg] + (np.arange(n_slots) - seg_offset[slot_seg]) * GRID_SECONDS
+    # Interpolate short gaps between consecutive kept readings.
+    interpolated = np.zeros(n_slots, dtype=bool)
+    if ks.shape[0] > 1:
+        gap = np.diff(ks)
+        max_gap_slots = MAX_INTERPOLATED_GAP_MINUTES // GRID_MINUTES
+        fill = (gap > 1) & (gap <= max_gap_slots)
+        for start, g in zip(ks[:-1][fill], gap[fill], strict=True):
+            v0, v1 = value[start], value[start + g]
+            frac = np.arange(1, g) / g
+            value[start + 1 : start + g] = v0 + (v1 - v0) * frac
+            interpolated[start + 1 : start + g] = True
+    carbs = np.zeros(n_slots)
+    insulin = np.zeros(n_slots)
+    # Treatments are summed into their reading's slot (duplicates included) so
+    # that a bolus logged on a dropped near-duplicate row is not lost.
+    if readings.carbs is not None:
+        np.add.at(carbs, slot, readings.carbs)
+    if readings.insulin is not None:
+        np.add.at(insulin, slot, readings.insulin)
+    return Grid(
+        reading_slot=slot,
+        reading_kept=kept,
+        value=value,
+        observed=observed,
+        interpolated=interpolated,
+        slot_time=slot_time,
+        carbs=carbs,
+        insulin=insulin,
+        has_treatments=readings.carbs is not None or readings.insulin is not None,
+    )
+
+
+def readings_from_arrays(
+    times: np.ndarray | list[object],
+    glucose: np.ndarray | list[object],
+    subject_id: str = "patient",
+    carbs: np.ndarray | None = None,
+    insulin: np.ndarray | None = None,
+) -> SubjectReadings:
+    """Build sorted :class:`SubjectReadings` from arrays.
+
+    Args:
+        times: datetime64 values, ISO strings, or int seconds since epoch.
+        glucose: numbers or "Low"/"High" words.
+    """
+    t = np.asarray(times)
+    if np.issubdtype(t.dtype, np.integer):
+        secs = t.astype(np.int64)
+    elif np.issubdtype(t.dtype, np.floating):
+        secs = np.rint(t).astype(np.int64)
+    else:
+        secs = parse_timestamps(pd.Series(t.astype(str)))
+    g, flags = parse_glucose(np.asarray(glucose, dtype=object))
+    valid = ~np.isnan(g) & (secs != np.iinfo(np.int64).min)
+    order = np.argsort(secs[valid], kind="stable")
+
+    def pick(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.asarray(a, dtype=np.float64)[valid][order]
+
+    return SubjectReadings(
+        subject_id=subject_id,
+        times=secs[valid][order],
+        glucose=g[valid][order],
+        flags=flags[valid][order],
+        carbs=pick(carbs),
+        insulin=pick(insulin),
+        raw_timestamps=None,
+    )

@@ -1,0 +1,279 @@
+"""Training: subject splits, the seeded training loop, early stopping, calibration.
+
+The estimator follows the scikit-learn shape: ``QuantileForecasterTrainer(...)
+.fit(train, val)`` sets fitted attributes ending in ``_``; ``to_forecaster()``
+hands back an inference object.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from forecasting.ml.baselines import RidgeLagged
+from forecasting.ml.data import SubjectReadings, build_grid
+from forecasting.ml.datasets import Scaler, SeriesBank, TrainingWindows, WindowConfig
+from forecasting.ml.inference import Forecaster
+from forecasting.ml.networks import PatchGRUForecaster, pinball_loss
+from forecasting.ml.risk import LogisticCalibrator, event_outcomes, raw_event_probabilities
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters of one training run (all saved in the artifact)."""
+
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    samples_per_epoch: int = 250_000
+    val_samples: int = 40_000
+    patience: int = 4
+    seed: int = 0
+    max_minutes: float = 20.0
+    hidden: int = 64
+    head_hidden: int = 128
+    patch: int = 3
+    num_threads: int = 2
+    ridge_samples: int = 200_000
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_subjects(
+    subjects: dict[str, SubjectReadings],
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.12,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Split subject keys into train/val/test, stratified by cohort (never by time).
+
+    Every cohort with >= 3 subjects contributes at least one test and one
+    validation subject, so per-cohort scores exist for held-out people.
+    """
+    rng = np.random.default_rng(seed)
+    by_cohort: dict[str, list[str]] = {}
+    for key, r in subjects.items():
+        by_cohort.setdefault(r.cohort, []).append(key)
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for cohort in sorted(by_cohort):
+        keys = sorted(by_cohort[cohort])
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        n = len(keys)
+        n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
+        n_val = max(1, round(n * val_fraction)) if n >= 3 else 0
+        out["test"] += keys[:n_test]
+        out["val"] += keys[n_test : n_test + n_val]
+        out["train"] += keys[n_test + n_val :]
+    return out
+
+
+def build_bank(
+    subjects: dict[str, SubjectReadings], config: WindowConfig, scaler: Scaler
+) -> SeriesBank:
+    bank = SeriesBank(config, scaler)
+    for key, readings in subjects.items():
+        grid = build_grid(readings)
+        if grid.n_slots:
+            bank.add(key, grid)
+    return bank.finalize()
+
+
+def summarise_data(subjects: dict[str, SubjectReadings]) -> dict[str, Any]:
+    """Counts per cohort for the artifact's training data summary."""
+    out: dict[str, Any] = {}
+    for r in subjects.values():
+        c = out.setdefault(r.cohort or "all", {"subjects": 0, "readings": 0, "days": 0.0})
+        c["subjects"] += 1
+        c["readings"] += len(r)
+        c["days"] += round(len(r) * 5 / 1440, 1)
+    return out
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class QuantileForecasterTrainer:
+    """Fits a :class:`PatchGRUForecaster` with pinball loss and early stopping.
+
+    Fitted attributes: ``network_``, ``scaler_``, ``history_``, ``best_epoch_``,
+    ``calibrators_``, ``ridge_``, ``train_seconds_``.
+    """
+
+    config: TrainingConfig = field(default_factory=TrainingConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    device: str = "cpu"
+    progress: bool = True
+
+    def fit(
+        self, train: dict[str, SubjectReadings], val: dict[str, SubjectReadings]
+    ) -> QuantileForecasterTrainer:
+        cfg = self.config
+        if self.device == "cpu":
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        started = time.monotonic()
+        # Scaler from training subjects only, so validation stays unseen.
+        all_vals = np.concatenate([r.glucose for r in train.values()])
+        scaler = Scaler().fit(all_vals)
+        train_bank = build_bank(train, self.window, scaler)
+        val_bank = build_bank(val, self.window, scaler)
+        train_win = TrainingWindows(train_bank, train_bank.training_origins())
+        val_origins = val_bank.training_origins()
+        if val_origins.shape[0] > cfg.val_samples:
+            val_origins = np.sort(rng.choice(val_origins, cfg.val_samples, replace=False))
+        val_win = TrainingWindows(val_bank, val_origins)
+        logger.info("training windows: %d, validation windows: %d", len(train_win), len(val_win))
+        network = PatchGRUForecaster(
+            n_features=self.window.n_features,
+            context_steps=self.window.context_steps,
+            horizon_steps=self.window.horizon_steps,
+            hidden=cfg.hidden,
+            head_hidden=cfg.head_hidden,
+            patch=cfg.patch,
+        ).to(self.device)
+        opt = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.learning_rate / 20)
+        best_state = copy.deepcopy(network.state_dict())
+        best_val = float("inf")
+        best_epoch = 0
+        history: list[EpochLog] = []
+        bad_epochs = 0
+        per_epoch = min(cfg.samples_per_epoch, len(train_win))
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.monotonic()
+            network.train()
+            total, count = 0.0, 0
+            n_batches = (per_epoch + cfg.batch_size - 1) // cfg.batch_size
+            bar = tqdm(
+                train_win.iterate(cfg.batch_size, rng, self.device, limit=per_epoch),
+                total=n_batches,
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                disable=not self.progress,
+                leave=False,
+            )
+            stop_for_time = False
+            for batch in bar:
+                pred = network(batch.x)
+                loss = pinball_loss(pred, batch.y, batch.mask)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+                opt.step()
+                total += float(loss) * batch.x.shape[0]
+                count += batch.x.shape[0]
+                bar.set_postfix(loss=f"{total / count:.4f}")
+                if (time.monotonic() - started) / 60 > cfg.max_minutes:
+                    stop_for_time = True
+                    break
+            sched.step()
+            val_loss = self._validate(network, val_win)
+            log = EpochLog(epoch, total / max(count, 1), val_loss, time.monotonic() - t0, opt.param_groups[0]["lr"])
+            history.append(log)
+            logger.info(
+                "epoch %d train_loss %.5f val_loss %.5f (%.0f s)", epoch, log.train_loss, val_loss, log.seconds
+            )
+            if val_loss < best_val - 1e-5:
+                best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = copy.deepcopy(network.state_dict())
+            else:
+                bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                logger.info("early stopping at epoch %d (best %d)", epoch, best_epoch)
+                break
+            if stop_for_time:
+                logger.info("stopping: max_minutes=%.1f reached", cfg.max_minutes)
+                break
+        network.load_state_dict(best_state)
+        network.eval()
+        self.network_ = network
+        self.scaler_ = scaler
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.best_val_loss_ = best_val
+        self.calibrators_ = self._calibrate(val_bank, val_origins)
+        self.ridge_ = self._fit_ridge(train_bank, train_win.origins, rng)
+        self.train_seconds_ = time.monotonic() - started
+        self.data_summary_ = {"train": summarise_data(train), "val": summarise_data(val)}
+        return self
+
+    def _validate(self, network: torch.nn.Module, val: TrainingWindows) -> float:
+        network.eval()
+        total, weight = 0.0, 0.0
+        with torch.inference_mode():
+            for batch in val.iterate(4096, None, self.device):
+                pred = network(batch.x)
+                w = float(batch.mask.sum())
+                total += float(pinball_loss(pred, batch.y, batch.mask)) * w
+                weight += w
+        return total / max(weight, 1.0)
+
+    def _calibrate(self, bank: SeriesBank, origins: np.ndarray) -> dict[str, LogisticCalibrator]:
+        forecaster = self.to_forecaster(calibrators={})
+        q = forecaster.predict_bank(bank, origins)
+        raw = raw_event_probabilities(q[..., 0], q[..., 1], q[..., 2])
+        future, _ = bank.targets(origins)
+        outcomes = event_outcomes(future)
+        cals: dict[str, LogisticCalibrator] = {}
+        for name, p in raw.items():
+            happened, known = outcomes[name]
+            if known.sum() < 50 or happened[known].sum() < 5:
+                cals[name] = LogisticCalibrator()
+            else:
+                cals[name] = LogisticCalibrator().fit(p[known], happened[known])
+        return cals
+
+    def _fit_ridge(self, bank: SeriesBank, origins: np.ndarray, rng: np.random.Generator) -> RidgeLagged:
+        if origins.shape[0] > self.config.ridge_samples:
+            origins = rng.choice(origins, self.config.ridge_samples, replace=False)
+        L = self.window.context_steps
+        ctx = bank.value[origins[:, None] + np.arange(-L + 1, 1)[None, :]]
+        fut, _ = bank.targets(origins)
+        return RidgeLagged().fit(ctx, fut)
+
+    def to_forecaster(self, calibrators: dict[str, LogisticCalibrator] | None = None) -> Forecaster:
+        return Forecaster(
+            self.network_,
+            self.window,
+            self.scaler_,
+            self.calibrators_ if calibrators is None else calibrators,
+            metadata=self.metadata(),
+            device=self.device,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything the artifact JSON needs except weights-related fields."""
+        return {
+            "window_config": asdict(self.window),
+            "scaler": self.scaler_.to_dict(),
+            "training_config": asdict(self.config),
+            "calibration": {k: v.to_dict() for k, v in getattr(self, "calibrators_", {}).items()},
+            "history": [asdict(h) for h in getattr(self, "history_", [])],
+            "best_epoch": getattr(self, "best_epoch_", 0),
+            "ridge": self.ridge_.to_dict() if hasattr(self, "ridge_") else None,
+            "training_data": getattr(self, "data_summary_", {}),
+            "train_seconds": round(getattr(self, "train_seconds_", 0.0), 1),
+            "device": self.device,
+        }

@@ -1,0 +1,356 @@
+"""Writes: reading and treatment ingest, the processing outbox, and the patient summary.
+
+Ingest is one transaction per batch: stage the rows, insert them with one set-based
+statement that skips exact and near duplicates, and mark the patients in the outbox.
+Work for the patients is enqueued only after the commit, and the outbox row makes that
+durable: if the broker is down, the sweeper sends it later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from glucoscope.readings.models import GlucoseReading, NightscoutDocument, PatientOutbox, PatientSummary, Treatment
+
+logger = logging.getLogger(__name__)
+
+# GUIDE.md §6: two uploaders on one sensor post the same value a few seconds apart.
+NEAR_DUPLICATE_WINDOW = timedelta(seconds=60)
+# Advisory-lock namespace, so our per-patient ingest locks never collide with other users of pg_advisory locks.
+_INGEST_LOCK_CLASS = 7001
+# After a failed publish, skip the broker for this long so a Redis outage does not add a
+# connect timeout to every request; the outbox sweeper sends the work later.
+_BROKER_BACKOFF_SECONDS = 5.0
+_broker_unavailable_until = 0.0
+
+_READING_TABLE = GlucoseReading._meta.db_table
+_OUTBOX_TABLE = PatientOutbox._meta.db_table
+_STAGE_COLUMNS = (
+    "patient_id", "device_id", "measured_at", "window_start", "window_end",
+    "value_mgdl", "sensor_flag", "direction", "trend_rate", "is_calibration",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedReading:
+    """A validated reading bound to a patient (and device) the caller may write for."""
+
+    patient_id: int
+    device_id: int | None
+    measured_at: datetime
+    value_mgdl: float | None
+    sensor_flag: str
+    direction: str = ""
+    trend_rate: float | None = None
+    is_calibration: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    patient_ids: frozenset[int]
+
+
+def _drop_in_batch_near_duplicates(readings: Iterable[ResolvedReading]) -> list[ResolvedReading]:
+    """The SQL duplicate check cannot see rows of its own statement, so the batch is cleaned first.
+
+    A reading is a near duplicate of an earlier kept one with the same patient, value,
+    flag and kind when they are less than 60 s apart.
+    """
+    kept: list[ResolvedReading] = []
+    last_kept_at: dict[tuple[int, float | None, str, bool], datetime] = {}
+    for reading in sorted(readings, key=lambda r: (r.patient_id, r.measured_at)):
+        key = (reading.patient_id, reading.value_mgdl, reading.sensor_flag, reading.is_calibration)
+        previous = last_kept_at.get(key)
+        if previous is not None and reading.measured_at - previous < NEAR_DUPLICATE_WINDOW:
+            continue
+        last_kept_at[key] = reading.measured_at
+        kept.append(reading)
+    return kept
+
+
+def _is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _stage_rows(cursor, readings: Sequence[ResolvedReading]) -> None:  # type: ignore[no-untyped-def]
+    columns = ", ".join(_STAGE_COLUMNS)
+    if _is_postgres():
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS reading_stage ("
+            "patient_id bigint, device_id bigint, measured_at timestamptz, window_start timestamptz,"
+            " window_end timestamptz, value_mgdl double precision, sensor_flag varchar(4),"
+            " direction varchar(20), trend_rate double precision, is_calibration boolean) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY reading_stage ({columns}) FROM STDIN") as copy:
+            for r in readings:
+                copy.write_row((
+                    r.patient_id, r.device_id, r.measured_at,
+                    r.measured_at - NEAR_DUPLICATE_WINDOW, r.measured_at + NEAR_DUPLICATE_WINDOW,
+                    r.value_mgdl, r.sensor_flag, r.direction, r.trend_rate, r.is_calibration,
+                ))
+        return
+    # SQLite (development default): same staging table, filled row by row.
+    adapt = connection.ops.adapt_datetimefield_value
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS reading_stage (patient_id integer, device_id integer, measured_at text,"
+        " window_start text, window_end text, value_mgdl real, sensor_flag text, direction text,"
+        " trend_rate real, is_calibration bool)"
+    )
+    cursor.execute("DELETE FROM reading_stage")
+    cursor.executemany(
+        f"INSERT INTO reading_stage ({columns}) VALUES ({', '.join(['%s'] * len(_STAGE_COLUMNS))})",
+        [
+            (
+                r.patient_id, r.device_id, adapt(r.measured_at),
+                adapt(r.measured_at - NEAR_DUPLICATE_WINDOW), adapt(r.measured_at + NEAR_DUPLICATE_WINDOW),
+                r.value_mgdl, r.sensor_flag, r.direction, r.trend_rate, r.is_calibration,
+            )
+            for r in readings
+        ],
+    )
+
+
+# One statement for the whole batch: exact duplicates fall to the unique index
+# (ON CONFLICT DO NOTHING), near duplicates already stored to NOT EXISTS, which the
+# (patient, measured_at, device) index answers with a short range scan.
+_INSERT_FROM_STAGE = f"""
+INSERT INTO {_READING_TABLE}
+    (patient_id, device_id, measured_at, value_mgdl, sensor_flag, direction, trend_rate,
+     is_calibration, source, received_at)
+SELECT s.patient_id, s.device_id, s.measured_at, s.value_mgdl, s.sensor_flag, s.direction,
+       s.trend_rate, s.is_calibration, %s, %s
+FROM reading_stage s
+WHERE NOT EXISTS (
+    SELECT 1 FROM {_READING_TABLE} r
+    WHERE r.patient_id = s.patient_id
+      AND r.measured_at > s.window_start AND r.measured_at < s.window_end
+      AND COALESCE(r.value_mgdl, -1) = COALESCE(s.value_mgdl, -1)
+      AND r.sensor_flag = s.sensor_flag
+      AND r.is_calibration = s.is_calibration
+)
+ON CONFLICT DO NOTHING
+RETURNING patient_id
+"""
+
+
+def readings_ingest(*, readings: Sequence[ResolvedReading], source: str) -> IngestResult:
+    """Store a batch of readings once, whatever the retries and the number of uploaders.
+
+    Returns how many were stored and how many were (exact or near) duplicates. The
+    patients that got new readings are marked in the outbox in the same transaction and
+    enqueued for processing after the commit.
+    """
+    if not readings:
+        return IngestResult(0, 0, frozenset())
+    unique = _drop_in_batch_near_duplicates(readings)
+    received_at = timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        if _is_postgres():
+            # Serialise concurrent batches per patient, so two uploaders posting the same
+            # sensor reading at the same instant cannot both pass the NOT EXISTS check.
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, p) FROM unnest(%s::int[]) AS p ORDER BY p",
+                [_INGEST_LOCK_CLASS, sorted({r.patient_id for r in unique})],
+            )
+        _stage_rows(cursor, unique)
+        cursor.execute(_INSERT_FROM_STAGE, [source, received_at])
+        inserted_patient_ids = [row[0] for row in cursor.fetchall()]
+        touched = frozenset(inserted_patient_ids)
+        outbox_mark(patient_ids=touched, cursor=cursor)
+    return IngestResult(len(inserted_patient_ids), len(readings) - len(inserted_patient_ids), touched)
+
+
+# --- Outbox ------------------------------------------------------------------
+
+_OUTBOX_UPSERT = f"""
+INSERT INTO {_OUTBOX_TABLE} (patient_id, dirty_at, version, attempts, enqueued_at)
+VALUES {{values}}
+ON CONFLICT (patient_id) DO UPDATE
+SET dirty_at = excluded.dirty_at, version = {_OUTBOX_TABLE}.version + 1
+"""
+
+
+def outbox_mark(*, patient_ids: Iterable[int], cursor=None) -> None:  # type: ignore[no-untyped-def]
+    """Mark patients as having new data, inside the caller's transaction, then enqueue on commit.
+
+    The version counter, not a timestamp, tells a running task whether data arrived
+    after it started: an ingest that commits late still bumps the version.
+    """
+    ids = sorted(patient_ids)
+    if not ids:
+        return
+    now = timezone.now()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        sql = _OUTBOX_UPSERT.format(values=", ".join(["(%s, %s, 1, 0, NULL)"] * len(chunk)))
+        params: list[object] = []
+        for patient_id in chunk:
+            params.extend([patient_id, now])
+        if cursor is None:
+            with connection.cursor() as own_cursor:
+                own_cursor.execute(sql, params)
+        else:
+            cursor.execute(sql, params)
+    transaction.on_commit(partial(outbox_enqueue, patient_ids=ids))
+
+
+def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | None) -> list[int]:
+    """Set enqueued_at on rows not already in flight and return their ids (one conditional UPDATE)."""
+    if not patient_ids:
+        return []
+    now = timezone.now()
+    placeholders = ", ".join(["%s"] * len(patient_ids))
+    condition = "enqueued_at IS NULL" if stale_before is None else "(enqueued_at IS NULL OR enqueued_at < %s)"
+    params: list[object] = [now, *patient_ids] + ([stale_before] if stale_before else [])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_OUTBOX_TABLE} SET enqueued_at = %s, attempts = attempts + 1"
+            f" WHERE patient_id IN ({placeholders}) AND {condition} RETURNING patient_id",
+            params,
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _publish(patient_ids: Sequence[int]) -> None:
+    """Send one processing task per patient; on a broker error, release the claims for the sweeper."""
+    global _broker_unavailable_until
+    from glucoscope.readings.tasks import process_patient
+
+    for position, patient_id in enumerate(patient_ids):
+        try:
+            process_patient.apply_async(args=[patient_id], retry=False)
+        except Exception as exc:  # kombu/redis raise many connection error types
+            if settings.CELERY_TASK_ALWAYS_EAGER:
+                raise
+            _broker_unavailable_until = time.monotonic() + _BROKER_BACKOFF_SECONDS
+            unsent = list(patient_ids[position:])
+            PatientOutbox.objects.filter(patient_id__in=unsent).update(enqueued_at=None)
+            logger.warning("Broker unavailable (%s); %d patients left to the outbox sweeper", exc, len(unsent))
+            return
+
+
+def outbox_enqueue(*, patient_ids: Sequence[int]) -> None:
+    """Enqueue processing for patients with no task in flight (the debounce)."""
+    if time.monotonic() < _broker_unavailable_until:
+        return
+    for start in range(0, len(patient_ids), 500):
+        _publish(_claim_for_enqueue(patient_ids[start : start + 500], stale_before=None))
+
+
+def outbox_sweep() -> int:
+    """Re-send work that never ran: rows never enqueued (broker was down) or enqueued long ago."""
+    now = timezone.now()
+    stale_before = now - settings.OUTBOX_STALE_AFTER
+    candidate_ids = list(
+        PatientOutbox.objects.filter(enqueued_at__isnull=True).values_list("patient_id", flat=True)[:5000]
+    ) + list(PatientOutbox.objects.filter(enqueued_at__lt=stale_before).values_list("patient_id", flat=True)[:5000])
+    sent = 0
+    for start in range(0, len(candidate_ids), 500):
+        claimed = _claim_for_enqueue(candidate_ids[start : start + 500], stale_before=stale_before)
+        _publish(claimed)
+        sent += len(claimed)
+    return sent
+
+
+def outbox_version(*, patient_id: int) -> int | None:
+    return PatientOutbox.objects.filter(patient_id=patient_id).values_list("version", flat=True).first()
+
+
+def outbox_complete(*, patient_id: int, version: int | None) -> None:
+    """Remove the outbox row if nothing arrived since `version` was read; otherwise run again."""
+    if version is None:
+        return
+    deleted, _ = PatientOutbox.objects.filter(patient_id=patient_id, version=version).delete()
+    if not deleted:
+        PatientOutbox.objects.filter(patient_id=patient_id).update(enqueued_at=None)
+        outbox_enqueue(patient_ids=[patient_id])
+
+
+# --- Processing ---------------------------------------------------------------
+
+
+def patient_summary_refresh(*, patient_id: int) -> PatientSummary:
+    now = timezone.now()
+    readings = GlucoseReading.objects.filter(patient_id=patient_id)
+    latest = readings.order_by("-measured_at").only("id").first()
+    count = readings.filter(measured_at__gt=now - timedelta(hours=24), measured_at__lte=now).count()
+    summary, _ = PatientSummary.objects.update_or_create(
+        patient_id=patient_id,
+        defaults={"latest_reading": latest, "readings_last_24h": count, "computed_at": now},
+    )
+    return summary
+
+
+def patient_process(*, patient_id: int) -> None:
+    """Everything that follows an ingest for one patient. Idempotent: safe to run twice."""
+    version = outbox_version(patient_id=patient_id)
+    patient_summary_refresh(patient_id=patient_id)
+    outbox_complete(patient_id=patient_id, version=version)
+
+
+# --- Treatments ---------------------------------------------------------------
+
+_TREATMENT_COLUMNS = (
+    "patient_id", "occurred_at", "kind", "carbs_g", "insulin_units", "basal_rate_u_per_h", "duration_minutes",
+    "note", "event_type", "entered_by_id", "entered_by_label", "source", "received_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedTreatment:
+    patient_id: int
+    occurred_at: datetime
+    kind: str
+    carbs_g: float | None = None
+    insulin_units: float | None = None
+    basal_rate_u_per_h: float | None = None
+    duration_minutes: float | None = None
+    note: str = ""
+    event_type: str = ""
+    entered_by_label: str = ""
+
+
+def treatments_ingest(
+    *, treatments: Sequence[ResolvedTreatment], source: str, entered_by_id: int | None
+) -> list[int | None]:
+    """Store treatments once (unique per patient, time and kind); returns the new id or None per item."""
+
+    if not treatments:
+        return []
+    table = Treatment._meta.db_table
+    adapt = connection.ops.adapt_datetimefield_value
+    received_at = adapt(timezone.now())
+    new_ids: list[int | None] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for treatment in treatments:
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(_TREATMENT_COLUMNS)})"
+                f" VALUES ({', '.join(['%s'] * len(_TREATMENT_COLUMNS))})"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                [
+                    treatment.patient_id, adapt(treatment.occurred_at), treatment.kind, treatment.carbs_g,
+                    treatment.insulin_units, treatment.basal_rate_u_per_h, treatment.duration_minutes,
+                    treatment.note, treatment.event_type, entered_by_id, treatment.entered_by_label,
+                    source, received_at,
+                ],
+            )
+            row = cursor.fetchone()
+            new_ids.append(row[0] if row else None)
+        outbox_mark(patient_ids={t.patient_id for t, new_id in zip(treatments, new_ids) if new_id}, cursor=cursor)
+    return new_ids
+
+
+def nightscout_documents_store(*, documents: Sequence[NightscoutDocument]) -> list[NightscoutDocument]:
+
+    return NightscoutDocument.objects.bulk_create(documents)
