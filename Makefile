@@ -1,0 +1,55 @@
+# GlucoScope developer commands. `make run` and `make test` install everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint typecheck bench-ingest worker beat migrate clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+## make run: SQLite + in-process tasks; seeds the demo and prints the logins, then serves on 127.0.0.1:8000.
+run: export DEBUG ?= true
+run: install migrate
+	$(BIN)/python manage.py seed_demo --json
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+## make test: the whole suite (integration tests need DATABASE_URL=postgres://… and REDIS_URL).
+test: export SECRET_KEY ?= test-only-secret-key-not-for-production-0123456789
+test: install
+	$(BIN)/python manage.py check
+	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy glucoscope api
+
+## make bench-ingest: HTTP ingest throughput against PostgreSQL, next to COPY and bare-insert ceilings.
+bench-ingest: export SECRET_KEY ?= bench-only-secret-key-not-for-production-0123456789
+bench-ingest: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/glucoscope_bench
+bench-ingest: install
+	$(BIN)/python manage.py bench_ingest
+
+worker: install
+	$(BIN)/celery -A glucoscope worker -Q ingest,forecasting,notifications --loglevel=INFO
+
+beat: install
+	$(BIN)/celery -A glucoscope beat --loglevel=INFO
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
