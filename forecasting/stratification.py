@@ -37,9 +37,7 @@ from tslearn.clustering import TimeSeriesKMeans
 
 from glucoscope.metrics import clean_series, regular_grid
 
-HALL_CITATION = (
-    "Hall H, et al. PLoS Biol 2018;16(7):e2005143. doi:10.1371/journal.pbio.2005143"
-)
+HALL_CITATION = "Hall H, et al. PLoS Biol 2018;16(7):e2005143. doi:10.1371/journal.pbio.2005143"
 _JSON_KEY = "glucoscope_glucotype"
 _FORMAT_VERSION = 1
 
@@ -60,7 +58,7 @@ def make_windows(
     so a window never spans a real sensor outage); windows with any missing point are dropped.
     Timestamps follow the contract of :mod:`glucoscope.metrics._input`.
     """
-    length = int(round(window_minutes / interval_minutes))
+    length = round(window_minutes / interval_minutes)
     s = clean_series(values_mg_dl, timestamps, utc_offset_seconds)
     _, g = regular_grid(s.values, s.t_abs, interval_minutes, inter_gap_minutes)
     n_win = g.size // length
@@ -179,29 +177,14 @@ class GlucotypeClassifier(BaseEstimator):  # type: ignore[misc]
         if raw.shape[0] > self.max_fit_windows:
             raw = raw[rng.choice(raw.shape[0], self.max_fit_windows, replace=False)]
         km = self._make_kmeans()
-        labels = km.fit_predict(self._represent(raw))
+        labels = km.fit_predict(self._represent(raw)[:, :, None])
         sd = raw.std(axis=1)
         rng_w = raw.max(axis=1) - raw.min(axis=1)
         mean = raw.mean(axis=1)
         k = self.n_clusters
-        c_sd = np.array(
-            [
-                sd[labels == c].mean() if np.any(labels == c) else np.inf
-                for c in range(k)
-            ]
-        )
-        c_rng = np.array(
-            [
-                rng_w[labels == c].mean() if np.any(labels == c) else np.inf
-                for c in range(k)
-            ]
-        )
-        c_mean = np.array(
-            [
-                mean[labels == c].mean() if np.any(labels == c) else np.nan
-                for c in range(k)
-            ]
-        )
+        c_sd = np.array([sd[labels == c].mean() if np.any(labels == c) else np.inf for c in range(k)])
+        c_rng = np.array([rng_w[labels == c].mean() if np.any(labels == c) else np.inf for c in range(k)])
+        c_mean = np.array([mean[labels == c].mean() if np.any(labels == c) else np.nan for c in range(k)])
         # Order clusters by variability so class 0 is always "low" regardless of k-means seeding.
         order = np.lexsort((c_rng, c_sd))
         cluster_to_class = np.empty(k, dtype=np.int64)
@@ -215,9 +198,7 @@ class GlucotypeClassifier(BaseEstimator):  # type: ignore[misc]
         self.n_features_in_ = int(np.asarray(X).shape[1])
         return self
 
-    def predict(
-        self, X: npt.ArrayLike, chunk_size: int = 200_000
-    ) -> npt.NDArray[np.int64]:
+    def predict(self, X: npt.ArrayLike, chunk_size: int = 200_000) -> npt.NDArray[np.int64]:
         """Ordered class index per window (0 = lowest variability)."""
         check_is_fitted(self, "kmeans_")
         x = self._represent(X)
@@ -233,13 +214,9 @@ class GlucotypeClassifier(BaseEstimator):  # type: ignore[misc]
             # Same argmin as tslearn's Euclidean predict, without its per-call 3-D conversion
             # and validation, which dominates at a million windows.
             c = np.asarray(self.kmeans_.cluster_centers_, dtype=np.float64)[:, :, 0]
-            d = (
-                (x * x).sum(axis=1)[:, None]
-                - 2.0 * x @ c.T
-                + (c * c).sum(axis=1)[None, :]
-            )
+            d = (x * x).sum(axis=1)[:, None] - 2.0 * x @ c.T + (c * c).sum(axis=1)[None, :]
             return np.argmin(d, axis=1).astype(np.int64)
-        return np.asarray(self.kmeans_.predict(x), dtype=np.int64)
+        return np.asarray(self.kmeans_.predict(x[:, :, None]), dtype=np.int64)
 
     def predict_names(self, X: npt.ArrayLike) -> list[str]:
         return [self.class_names_[i] for i in self.predict(X)]
@@ -257,9 +234,7 @@ class GlucotypeClassifier(BaseEstimator):  # type: ignore[misc]
         lab = np.asarray(labels, dtype=np.int64)
         pid = np.asarray(patient_index, dtype=np.int64)
         k = self.n_clusters
-        counts = np.bincount(pid * k + lab, minlength=n_patients * k).reshape(
-            n_patients, k
-        )
+        counts = np.bincount(pid * k + lab, minlength=n_patients * k).reshape(n_patients, k)
         n = counts.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             shares = np.where(n[:, None] > 0, counts / np.maximum(n, 1)[:, None], 0.0)
@@ -321,18 +296,14 @@ class GlucotypeClassifier(BaseEstimator):  # type: ignore[misc]
         path = Path(path)
         meta = json.loads(path.read_text())[_JSON_KEY]
         if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported glucotype model format {meta.get('format_version')!r}"
-            )
+            raise ValueError(f"unsupported glucotype model format {meta.get('format_version')!r}")
         est = cls(**meta["params"])
         est.kmeans_ = TimeSeriesKMeans.from_json(str(path))
         est.cluster_to_class_ = np.asarray(meta["cluster_to_class_"], dtype=np.int64)
         est.class_names_ = list(meta["class_names_"])
         est.class_mean_sd_ = np.asarray(meta["class_mean_sd_"], dtype=np.float64)
         est.class_mean_range_ = np.asarray(meta["class_mean_range_"], dtype=np.float64)
-        est.class_mean_glucose_ = np.asarray(
-            meta["class_mean_glucose_"], dtype=np.float64
-        )
+        est.class_mean_glucose_ = np.asarray(meta["class_mean_glucose_"], dtype=np.float64)
         est.n_features_in_ = int(meta["n_features_in_"])
         return est
 
@@ -360,13 +331,9 @@ def synthetic_patients(
     the structure the clustering should recover, not physiological realism.
     """
     rng = np.random.default_rng(seed)
-    ppd = int(round(1440 / interval_minutes))
+    ppd = round(1440 / interval_minutes)
     n = days * ppd
-    kind = (
-        rng.integers(0, 3, n_patients)
-        if kinds is None
-        else np.asarray(kinds, dtype=np.int64)
-    )
+    kind = rng.integers(0, 3, n_patients) if kinds is None else np.asarray(kinds, dtype=np.int64)
     base = np.array([92.0, 115.0, 140.0])[kind] + rng.normal(0, 5, n_patients)
     peak = np.array([18.0, 55.0, 120.0])[kind]
     t_h = np.arange(n) * interval_minutes / 60.0
@@ -388,9 +355,7 @@ def synthetic_patients(
     return np.clip(x, 40.0, 400.0), kind
 
 
-def windows_from_matrix(
-    x: FloatArray, points_per_window: int
-) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+def windows_from_matrix(x: FloatArray, points_per_window: int) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     """Cut an evenly sampled, gap-free (n_patients, n_points) matrix into windows + patient ids."""
     n_pat, n_pts = x.shape
     n_win = n_pts // points_per_window

@@ -134,19 +134,13 @@ def clean_series(
     t_sec, is_dt = _to_seconds(timestamps)
     t_sec = t_sec.ravel()
     if values.size != t_sec.size:
-        raise ValueError(
-            f"values ({values.size}) and timestamps ({t_sec.size}) differ in length"
-        )
+        raise ValueError(f"values ({values.size}) and timestamps ({t_sec.size}) differ in length")
     if utc_offset_seconds is None:
         offset: FloatArray = np.zeros_like(t_sec)
     else:
         if is_dt:
-            raise ValueError(
-                "utc_offset_seconds is only valid with epoch-second timestamps"
-            )
-        offset = np.broadcast_to(
-            np.asarray(utc_offset_seconds, dtype=np.float64), t_sec.shape
-        )
+            raise ValueError("utc_offset_seconds is only valid with epoch-second timestamps")
+        offset = np.broadcast_to(np.asarray(utc_offset_seconds, dtype=np.float64), t_sec.shape)
     keep = np.isfinite(values) & (values > 0) & np.isfinite(t_sec) & np.isfinite(offset)
     values, t_abs, t_local = values[keep], t_sec[keep], (t_sec + offset)[keep]
     if values.size == 0:

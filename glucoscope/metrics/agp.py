@@ -119,9 +119,7 @@ def agp_profile(
     """
     s = clean_series(values_mg_dl, timestamps, utc_offset_seconds)
     bins, n_bins = _tod_bins(s.t_local, bin_minutes)
-    counts, pct = _grouped_percentiles(
-        bins, s.values, n_bins, tuple(float(q) for q in percentiles)
-    )
+    counts, pct = _grouped_percentiles(bins, s.values, n_bins, tuple(float(q) for q in percentiles))
     return AGPProfile(
         bin_minutes=bin_minutes,
         bin_start_minutes=np.arange(n_bins, dtype=np.int64) * bin_minutes,
@@ -153,9 +151,7 @@ def daily_profiles(
     sums = np.bincount(flat, weights=s.values, minlength=n_days * n_bins)
     cnt = np.bincount(flat, minlength=n_days * n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mat = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan).reshape(
-            n_days, n_bins
-        )
+        mat = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan).reshape(n_days, n_bins)
     dates = (np.arange(n_days, dtype=np.int64) + day0).astype("datetime64[D]")
     return DailyProfiles(
         bin_minutes=bin_minutes,

@@ -17,12 +17,8 @@ import numpy as np
 
 from ._input import FloatArray
 
-CONSENSUS_CITATION = (
-    "Battelino T, et al. Diabetes Care 2019;42(8):1593-1603. doi:10.2337/dci19-0028"
-)
-GMI_CITATION = (
-    "Bergenstal RM, et al. Diabetes Care 2018;41(11):2275-2280. doi:10.2337/dc18-1581"
-)
+CONSENSUS_CITATION = "Battelino T, et al. Diabetes Care 2019;42(8):1593-1603. doi:10.2337/dci19-0028"
+GMI_CITATION = "Bergenstal RM, et al. Diabetes Care 2018;41(11):2275-2280. doi:10.2337/dc18-1581"
 
 # Sufficiency rule of the consensus: at least 14 days with >= 70 % of possible readings.
 MIN_DAYS = 14.0
@@ -131,9 +127,7 @@ def sufficiency(days_of_data: float, percent_active: float) -> tuple[bool, str]:
     if days_of_data < MIN_DAYS:
         reasons.append(f"{days_of_data:.1f} days of data (< {MIN_DAYS:.0f})")
     if percent_active < MIN_PERCENT_ACTIVE:
-        reasons.append(
-            f"{percent_active:.1f}% time active (< {MIN_PERCENT_ACTIVE:.0f}%)"
-        )
+        reasons.append(f"{percent_active:.1f}% time active (< {MIN_PERCENT_ACTIVE:.0f}%)")
     if reasons:
         return False, "insufficient: " + "; ".join(reasons)
     return True, "sufficient"

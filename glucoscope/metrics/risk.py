@@ -26,13 +26,9 @@ from dataclasses import dataclass
 from .consensus import GMI_CITATION
 from .variability import GRI_CITATION
 
-BECK_CITATION = (
-    "Beck RW, et al. Diabetes Care 2019;42(3):400-405. doi:10.2337/dc18-1444"
-)
+BECK_CITATION = "Beck RW, et al. Diabetes Care 2019;42(3):400-405. doi:10.2337/dc18-1444"
 LACHIN_CITATION = "Lachin JM, et al. DCCT/EDIC HbA1c-adjusted reanalysis of TIR and retinopathy (2022)"
-TIR_HBA1C_CITATION = (
-    "Battelino T, et al. Diabetes Care 2019;42(8):1593-1603 (TIR 70% ~ HbA1c 7%)"
-)
+TIR_HBA1C_CITATION = "Battelino T, et al. Diabetes Care 2019;42(8):1593-1603 (TIR 70% ~ HbA1c 7%)"
 
 REFERENCE_TIR_PERCENT = 70.0
 DISCLAIMER = (
@@ -71,9 +67,7 @@ class HbA1cEstimate:
     citation: str = GMI_CITATION
     note: str = (
         "GMI estimates HbA1c from mean CGM glucose; a lab HbA1c may differ by 0.5 points or more. "
-        "Rule of thumb: TIR 70% ~ HbA1c 7%, each 10% TIR ~ 0.6-0.8% HbA1c ("
-        + TIR_HBA1C_CITATION
-        + ")."
+        "Rule of thumb: TIR 70% ~ HbA1c 7%, each 10% TIR ~ 0.6-0.8% HbA1c (" + TIR_HBA1C_CITATION + ")."
     )
     is_estimate: bool = True
 
@@ -83,9 +77,7 @@ class GRIZoneIndicator:
     gri: float | None
     zone: str | None
     citation: str = GRI_CITATION
-    note: str = (
-        "Zone A (lowest risk) to E (highest), from clinician ratings of CGM tracings."
-    )
+    note: str = "Zone A (lowest risk) to E (highest), from clinician ratings of CGM tracings."
 
 
 @dataclass(frozen=True)

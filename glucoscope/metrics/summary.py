@@ -62,9 +62,7 @@ class GlucoseSummary:
 
     def risk_indicators(self) -> LongTermRiskIndicators:
         """Long-term risk indicators (estimates, with citations) derived from this summary."""
-        return long_term_risk(
-            self.time_in_range_70_180, self.gmi, self.gri, self.gri_zone
-        )
+        return long_term_risk(self.time_in_range_70_180, self.gmi, self.gri, self.gri_zone)
 
 
 def compute_summary(

@@ -29,9 +29,7 @@ MAGE_CITATION = (
     "J Diabetes Sci Technol 2022;16(2):576-577. doi:10.1177/19322968211061165"
 )
 CONGA_CITATION = "McDonnell CM, et al. Diabetes Technol Ther 2005;7(2):253-263. doi:10.1089/dia.2005.7.253"
-MODD_CITATION = (
-    "Service FJ, Nelson RL. Diabetes Care 1980;3(1):58-62. doi:10.2337/diacare.3.1.58"
-)
+MODD_CITATION = "Service FJ, Nelson RL. Diabetes Care 1980;3(1):58-62. doi:10.2337/diacare.3.1.58"
 
 DAY_SECONDS = 86400.0
 
@@ -78,9 +76,7 @@ def glycemia_risk_index(values: FloatArray) -> GRIResult | None:
     hypo = vlow + 0.8 * low
     hyper = vhigh + 0.5 * high
     gri = min(100.0, 3.0 * hypo + 1.6 * hyper)
-    return GRIResult(
-        gri=gri, zone=gri_zone(gri), hypo_component=hypo, hyper_component=hyper
-    )
+    return GRIResult(gri=gri, zone=gri_zone(gri), hypo_component=hypo, hyper_component=hyper)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,9 +138,7 @@ def regular_grid(
 # --------------------------------------------------------------------------------------------
 # CONGA / MODD
 # --------------------------------------------------------------------------------------------
-def conga(
-    values: FloatArray, t_sec: FloatArray, hours: int = 1, interval_minutes: float = 5.0
-) -> float | None:
+def conga(values: FloatArray, t_sec: FloatArray, hours: int = 1, interval_minutes: float = 5.0) -> float | None:
     """CONGA(n): sample SD of differences between grid values exactly ``hours`` apart.
 
     McDonnell 2005. Computed on the interpolated grid (see :func:`regular_grid`); None when
@@ -216,13 +210,7 @@ def _crossings(gl: FloatArray, delta: FloatArray) -> tuple[np.ndarray, np.ndarra
     if s[0] != 0:
         ref = 0
     else:
-        prim = (
-            (s[1:] != 0)
-            & (s[:-1] != 0)
-            & (s[1:] != s[:-1])
-            & np.isfinite(gl[1:])
-            & np.isfinite(gl[:-1])
-        )
+        prim = (s[1:] != 0) & (s[:-1] != 0) & (s[1:] != s[:-1]) & np.isfinite(gl[1:]) & np.isfinite(gl[:-1])
         hits = np.flatnonzero(prim)
         ref = int(hits[0]) + 1 if hits.size else -1
         if ref > 0:
