@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -11,6 +10,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from glucoscope.patients.credentials import nightscout_secret_digest, nightscout_token_digest
 from glucoscope.patients.models import NightscoutCredential, VendorApiKey
 
 ERR_BAD_API_KEY = "Invalid, revoked or expired API key."
@@ -72,14 +72,6 @@ class VendorApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
-
-
-def nightscout_secret_digest(sha1_hex: str) -> str:
-    return hashlib.sha256(sha1_hex.strip().lower().encode()).hexdigest()
-
-
-def nightscout_token_digest(token: str) -> str:
-    return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
 class NightscoutAuthentication(authentication.BaseAuthentication):
