@@ -115,7 +115,7 @@ def parse_glucose(values: np.ndarray | list[object]) -> tuple[np.ndarray, np.nda
         (glucose ``[N]`` float64, flags ``[N]`` int8)
     """
     raw = pd.Series(np.asarray(values, dtype=object))
-    numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    numeric = np.array(pd.to_numeric(raw, errors="coerce"), dtype=np.float64)
     flags = np.zeros(numeric.shape[0], dtype=np.int8)
     nan = np.isnan(numeric)
     if nan.any():
@@ -164,15 +164,9 @@ def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, Subjec
     glucose, flags = parse_glucose(frame["glucose_mg_dl"].to_numpy(dtype=object))
     has_carbs = "carbs_g" in frame.columns
     has_insulin = "insulin_u" in frame.columns
-    carbs = (
-        np.nan_to_num(pd.to_numeric(frame["carbs_g"], errors="coerce").to_numpy(np.float64))
-        if has_carbs
-        else None
-    )
+    carbs = np.nan_to_num(pd.to_numeric(frame["carbs_g"], errors="coerce").to_numpy(np.float64)) if has_carbs else None
     insulin = (
-        np.nan_to_num(pd.to_numeric(frame["insulin_u"], errors="coerce").to_numpy(np.float64))
-        if has_insulin
-        else None
+        np.nan_to_num(pd.to_numeric(frame["insulin_u"], errors="coerce").to_numpy(np.float64)) if has_insulin else None
     )
     valid = (times != np.iinfo(np.int64).min) & ~np.isnan(glucose)
     subjects = frame["subject_id"].astype(str).to_numpy(dtype=object)
@@ -180,7 +174,7 @@ def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, Subjec
     idx_all = np.flatnonzero(valid)
     if idx_all.size == 0:
         return out
-    codes, uniques = pd.factorize(subjects[idx_all], sort=False)
+    codes, _uniques = pd.factorize(subjects[idx_all], sort=False)
     order = np.lexsort((times[idx_all], codes))
     idx_sorted = idx_all[order]
     codes_sorted = codes[order]
@@ -227,9 +221,7 @@ def read_metadata(path: str | Path) -> dict[str, dict[str, str]]:
         return {row["person_id"]: dict(row) for row in reader if row.get("person_id")}
 
 
-def load_cohorts(
-    data_dir: str | Path, cohorts: tuple[str, ...] = TYPE1_COHORTS
-) -> dict[str, SubjectReadings]:
+def load_cohorts(data_dir: str | Path, cohorts: tuple[str, ...] = TYPE1_COHORTS) -> dict[str, SubjectReadings]:
     """Load several shared cohorts; keys are ``"<cohort>/<subject_id>"``.
 
     Raises:

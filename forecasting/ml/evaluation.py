@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from forecasting.ml.baselines import AR2, LinearExtrapolation, Persistence, RidgeLagged, ar2_forecast
+from forecasting.ml.baselines import LinearExtrapolation, Persistence, RidgeLagged, ar2_forecast
 from forecasting.ml.data import Grid, SubjectReadings, build_grid
 from forecasting.ml.datasets import Scaler, SeriesBank, WindowConfig
 
@@ -64,9 +64,31 @@ _PARKES_T1: dict[str, list[tuple[float, float]]] = {
     "E_upp": [(0, 150), (35, 155), (50, 550), (0, 550)],
     "D_upp": [(0, 100), (25, 100), (50, 125), (80, 215), (125, 550), (50, 550), (35, 155), (0, 150)],
     "D_low": [(250, 0), (250, 40), (550, 150), (550, 0)],
-    "C_upp": [(0, 60), (30, 60), (50, 80), (70, 110), (260, 550), (125, 550), (80, 215), (50, 125), (25, 100), (0, 100)],
+    "C_upp": [
+        (0, 60),
+        (30, 60),
+        (50, 80),
+        (70, 110),
+        (260, 550),
+        (125, 550),
+        (80, 215),
+        (50, 125),
+        (25, 100),
+        (0, 100),
+    ],
     "C_low": [(120, 0), (120, 30), (260, 130), (550, 250), (550, 150), (250, 40), (250, 0)],
-    "B_upp": [(0, 50), (30, 50), (140, 170), (280, 380), (430, 550), (260, 550), (70, 110), (50, 80), (30, 60), (0, 60)],
+    "B_upp": [
+        (0, 50),
+        (30, 50),
+        (140, 170),
+        (280, 380),
+        (430, 550),
+        (260, 550),
+        (70, 110),
+        (50, 80),
+        (30, 60),
+        (0, 60),
+    ],
     "B_low": [(50, 0), (50, 30), (170, 145), (385, 300), (550, 450), (550, 250), (260, 130), (120, 30), (120, 0)],
 }
 

@@ -134,9 +134,7 @@ class Forecaster:
                 bank.add(key, grid)
         return bank.finalize(), grids
 
-    def forecast_patients(
-        self, patients: list[SubjectReadings], now: int | None = None
-    ) -> list[PatientForecast]:
+    def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:
         """Forecast from each patient's latest reading, in one batch.
 
         Args:

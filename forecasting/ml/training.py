@@ -82,9 +82,7 @@ def split_subjects(
     return out
 
 
-def build_bank(
-    subjects: dict[str, SubjectReadings], config: WindowConfig, scaler: Scaler
-) -> SeriesBank:
+def build_bank(subjects: dict[str, SubjectReadings], config: WindowConfig, scaler: Scaler) -> SeriesBank:
     bank = SeriesBank(config, scaler)
     for key, readings in subjects.items():
         grid = build_grid(readings)
@@ -126,9 +124,7 @@ class QuantileForecasterTrainer:
     device: str = "cpu"
     progress: bool = True
 
-    def fit(
-        self, train: dict[str, SubjectReadings], val: dict[str, SubjectReadings]
-    ) -> QuantileForecasterTrainer:
+    def fit(self, train: dict[str, SubjectReadings], val: dict[str, SubjectReadings]) -> QuantileForecasterTrainer:
         cfg = self.config
         if self.device == "cpu":
             torch.set_num_threads(cfg.num_threads)
@@ -155,7 +151,9 @@ class QuantileForecasterTrainer:
             patch=cfg.patch,
         ).to(self.device)
         opt = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.learning_rate / 20)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(cfg.epochs, 1), eta_min=cfg.learning_rate / 20
+        )
         best_state = copy.deepcopy(network.state_dict())
         best_val = float("inf")
         best_epoch = 0
@@ -182,7 +180,7 @@ class QuantileForecasterTrainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
                 opt.step()
-                total += float(loss) * batch.x.shape[0]
+                total += float(loss.detach()) * batch.x.shape[0]
                 count += batch.x.shape[0]
                 bar.set_postfix(loss=f"{total / count:.4f}")
                 if (time.monotonic() - started) / 60 > cfg.max_minutes:
@@ -192,9 +190,7 @@ class QuantileForecasterTrainer:
             val_loss = self._validate(network, val_win)
             log = EpochLog(epoch, total / max(count, 1), val_loss, time.monotonic() - t0, opt.param_groups[0]["lr"])
             history.append(log)
-            logger.info(
-                "epoch %d train_loss %.5f val_loss %.5f (%.0f s)", epoch, log.train_loss, val_loss, log.seconds
-            )
+            logger.info("epoch %d train_loss %.5f val_loss %.5f (%.0f s)", epoch, log.train_loss, val_loss, log.seconds)
             if val_loss < best_val - 1e-5:
                 best_val, best_epoch, bad_epochs = val_loss, epoch, 0
                 best_state = copy.deepcopy(network.state_dict())

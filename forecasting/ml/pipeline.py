@@ -1,0 +1,216 @@
+"""End-to-end jobs behind the management commands (pure Python, no Django).
+
+Keeping these here means the commands are thin argument parsers and the jobs
+can be tested and run without a configured Django project.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forecasting.ml.artifacts import save_artifact
+from forecasting.ml.baselines import RidgeLagged
+from forecasting.ml.data import TYPE1_COHORTS, SubjectReadings, load_cohorts, read_cgm_csv
+from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
+from forecasting.ml.evaluation import collect_predictions, format_report, summarise
+from forecasting.ml.inference import Forecaster
+from forecasting.ml.risk import calibration_report, event_outcomes, step_cdf
+from forecasting.ml.training import QuantileForecasterTrainer, TrainingConfig, split_subjects
+
+logger = logging.getLogger(__name__)
+
+MODEL_VERSION = "1.0.0"
+ARTIFACT_NAME = "forecaster"
+
+
+def evaluate_subjects(
+    subjects: dict[str, SubjectReadings],
+    forecaster: Forecaster | None,
+    horizons: tuple[int, ...] = (30, 60),
+) -> tuple[list[dict[str, object]], dict[str, Any]]:
+    """Metric rows for the model (if any) next to the baselines, and a risk calibration report."""
+    ridge = None
+    config = WindowConfig()
+    scaler = Scaler()
+    predict_fn = None
+    if forecaster is not None:
+        config, scaler = forecaster.config, forecaster.scaler
+        predict_fn = forecaster.predict_bank
+        if forecaster.metadata.get("ridge"):
+            ridge = RidgeLagged.from_dict(forecaster.metadata["ridge"])
+    data = collect_predictions(
+        subjects, predict_fn=predict_fn, config=config, scaler=scaler, ridge=ridge, horizons=horizons
+    )
+    calibration: dict[str, Any] = {}
+    if forecaster is not None:
+        bank, grids = forecaster.make_bank(subjects)
+        origins = []
+        for key, off in bank.offsets.items():
+            slots = np.arange(grids[key].n_slots)
+            ok = sufficient_history(grids[key].observed, slots)
+            origins.append(off + slots[ok])
+        o = np.concatenate(origins) if origins else np.zeros(0, dtype=np.int64)
+        if o.size:
+            q = forecaster.predict_bank(bank, o)
+            future, _ = bank.targets(o)
+            calibration = calibration_report(forecaster.risk(q), event_outcomes(future))
+    return summarise(data), calibration
+
+
+def format_calibration(report: dict[str, Any]) -> str:
+    lines = ["| event | n | base rate | Brier | Brier (base rate only) |", "|---|---|---|---|---|"]
+    for name, r in report.items():
+        lines.append(f"| {name} | {r['n']} | {r['base_rate']:.4f} | {r['brier']:.4f} | {r['brier_climatology']:.4f} |")
+    out = ["\n".join(lines)]
+    for name, r in report.items():
+        rows = ["", f"Reliability, {name}:", "| bin | count | mean predicted | observed |", "|---|---|---|---|"]
+        for b in r["reliability"]:
+            if b["count"]:
+                rows.append(
+                    f"| {b['bin_low']:.1f}-{b['bin_high']:.1f} | {b['count']} | "
+                    f"{b['mean_predicted']:.3f} | {b['observed_frequency']:.3f} |"
+                )
+        out.append("\n".join(rows))
+    return "\n".join(out)
+
+
+def train_and_save(
+    data_dir: str | Path,
+    output_dir: str | Path,
+    training: TrainingConfig,
+    window: WindowConfig | None = None,
+    device: str = "cpu",
+    cohorts: tuple[str, ...] = TYPE1_COHORTS,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Train on the type 1 cohorts with a leave-subjects-out split, evaluate, save.
+
+    Returns the artifact JSON path. The metrics stored in the JSON are on the
+    held-out test subjects only.
+    """
+    t0 = time.monotonic()
+    subjects = load_cohorts(data_dir, cohorts)
+    split = split_subjects(subjects, seed=training.seed)
+    echo(f"subjects: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
+    part = {k: {key: subjects[key] for key in v} for k, v in split.items()}
+    trainer = QuantileForecasterTrainer(training, window or WindowConfig(), device=device, progress=progress)
+    trainer.fit(part["train"], part["val"])
+    echo(f"trained in {trainer.train_seconds_ / 60:.1f} min, best epoch {trainer.best_epoch_}")
+    forecaster = trainer.to_forecaster()
+    forecaster.device = "cpu"
+    forecaster.network.to("cpu")
+    rows, calibration = evaluate_subjects(part["test"], forecaster)
+    report = format_report(rows)
+    echo(report)
+    echo(format_calibration(calibration))
+    meta = trainer.metadata()
+    meta.update(
+        {
+            "version": MODEL_VERSION,
+            "split": split,
+            "metrics_held_out": rows,
+            "calibration_report": {k: {kk: vv for kk, vv in v.items()} for k, v in calibration.items()},
+            "data_dir_files": [f"{c}.csv.gz" for c in cohorts],
+            "total_seconds": round(time.monotonic() - t0, 1),
+        }
+    )
+    trainer.network_.to("cpu")
+    path = save_artifact(output_dir, ARTIFACT_NAME, trainer.network_, "patch_gru", meta)
+    echo(f"saved {path}")
+    return path
+
+
+def _open_text(path: Path, mode: str) -> Any:
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", newline="")
+    return open(path, mode, newline="")
+
+
+def forecast_csv(
+    input_path: str | Path,
+    output_path: str | Path,
+    horizons: tuple[int, ...] = (30, 60),
+    model_path: str | Path | None = None,
+    batch_size: int = 8192,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Forecast from every reading with enough history; write one row per horizon.
+
+    Rows: ``subject_id,timestamp,horizon_min,glucose_mg_dl,p10,p90,p_below_70``
+    with the timestamp exactly as written in the input. ``p_below_70`` is the
+    probability of going below 70 mg/dL within the horizon (30 or 60 min), or
+    at that step for other horizons. Returns the number of origins.
+    """
+    forecaster = Forecaster.load(model_path)
+    H = forecaster.config.horizon_steps
+    for h in horizons:
+        if h % 5 or not 5 <= h <= 5 * H:
+            raise ValueError(f"horizon {h} must be a multiple of 5 between 5 and {5 * H}")
+    subjects = read_cgm_csv(input_path, cohort="input")
+    bank, grids = forecaster.make_bank(subjects)
+    keys, rows_idx, origins = [], [], []
+    for key in subjects:
+        grid = grids[key]
+        if grid.n_slots == 0:
+            continue
+        slots = grid.reading_slot
+        # Every input row whose slot is a real reading with enough history is an
+        # origin; a near-duplicate row reuses its slot's (earlier) context.
+        ok = sufficient_history(grid.observed, slots)
+        idx = np.flatnonzero(ok)
+        keys.append(key)
+        rows_idx.append(idx)
+        origins.append(bank.offsets[key] + slots[idx])
+    n_total = int(sum(o.size for o in origins))
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with _open_text(output_path, "w") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["subject_id", "timestamp", "horizon_min", "glucose_mg_dl", "p10", "p90", "p_below_70"])
+        for key, idx, o in zip(keys, rows_idx, origins, strict=True):
+            r = subjects[key]
+            ts = r.raw_timestamps[idx] if r.raw_timestamps is not None else idx.astype(str)
+            for start in range(0, o.size, batch_size * 4):
+                oo = o[start : start + batch_size * 4]
+                tt = ts[start : start + batch_size * 4]
+                q = forecaster.predict_bank(bank, oo, batch_size=batch_size)
+                risk = forecaster.risk(q)
+                for h in horizons:
+                    k = h // 5 - 1
+                    if h in (30, 60):
+                        pb = risk[f"p_below_70_{h}min"]
+                    else:
+                        pb = step_cdf(70.0, q[:, k, 0], q[:, k, 1], q[:, k, 2])
+                    block = zip(
+                        [r.subject_id] * oo.size,
+                        tt,
+                        [h] * oo.size,
+                        np.round(q[:, k, 1], 1),
+                        np.round(q[:, k, 0], 1),
+                        np.round(q[:, k, 2], 1),
+                        np.round(pb, 4),
+                        strict=True,
+                    )
+                    writer.writerows(block)
+                if progress is not None:
+                    progress(oo.size)
+    return n_total
+
+
+def evaluate_csv(
+    input_path: str | Path, model_path: str | Path | None = None, horizons: tuple[int, ...] = (30, 60)
+) -> str:
+    """Evaluation report (model vs baselines, per cohort/input) for one CSV."""
+    forecaster = Forecaster.load(model_path)
+    subjects = read_cgm_csv(input_path)
+    rows, calibration = evaluate_subjects(subjects, forecaster, horizons)
+    return format_report(rows) + "\n\nRisk calibration\n\n" + format_calibration(calibration)
