@@ -16,8 +16,12 @@ Use ``--patients`` / ``--dtw-patients`` to change sizes.
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import time
+from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +30,7 @@ from forecasting.stratification import (
     make_windows,
     synthetic_patients,
 )
+from glucoscope.metrics import parse_sensor_values
 
 CHUNK = 500
 
@@ -78,13 +83,58 @@ def _run(metric: str, n_patients: int, days: int, seed: int, **kw: int) -> dict[
     }
 
 
+HALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cgm"
+
+
+def hall_crosstab(data_dir: Path = HALL, seed: int = 0) -> None:
+    """Fit on Hall et al. 2018 CGM windows and cross-tabulate glucotype against diagnosis."""
+    data = data_dir / "Hall_2018.csv.gz"
+    meta = data_dir / "Hall_2018-metadata.csv"
+    if not data.exists() or not meta.exists():
+        print(f"Hall_2018 check skipped: {data} not found")
+        return
+    diagnosis = {r["person_id"]: r["diabetes_type"] or "unknown" for r in csv.DictReader(meta.open())}
+    series: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    with gzip.open(data, "rt") as fh:
+        for r in csv.DictReader(fh):
+            v, t = series[r["subject_id"]]
+            v.append(r["glucose_mg_dl"])  # the export contains "Low"/"High" sensor flags
+            t.append(r["timestamp"])
+    ids = sorted(series)
+    windows = [
+        make_windows(parse_sensor_values(series[i][0]), np.asarray(series[i][1], dtype="datetime64[s]")) for i in ids
+    ]
+    est = GlucotypeClassifier(random_state=seed).fit(np.concatenate(windows))
+    table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    severe_share: dict[str, list[float]] = defaultdict(list)
+    for pid, w in zip(ids, windows, strict=True):
+        res = est.classify_windows(w)
+        dx = diagnosis.get(pid, "unknown")
+        table[dx][res.glucotype or "none"] += 1
+        severe_share[dx].append(res.shares.get("severe", 0.0))
+    cols = [*est.class_names_, "none"]
+    print(f"\nHall_2018: {len(ids)} subjects, {sum(len(w) for w in windows)} windows of 2.5 h")
+    print(
+        "class mean within-window SD (mg/dL):",
+        ", ".join(f"{n} {v:.1f}" for n, v in zip(est.class_names_, est.class_mean_sd_, strict=True)),
+    )
+    print(f"{'diagnosis':14}" + "".join(f"{c:>10}" for c in cols) + f"{'mean % severe':>15}")
+    for dx in sorted(table):
+        row = table[dx]
+        print(f"{dx:14}" + "".join(f"{row.get(c, 0):>10d}" for c in cols) + f"{100 * np.mean(severe_share[dx]):>15.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=10_000)
     ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--dtw-patients", type=int, default=500, help="0 skips DTW")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hall-only", action="store_true", help="only the Hall_2018 diagnosis cross-tab")
     args = ap.parse_args(argv)
+    if args.hall_only:
+        hall_crosstab(seed=args.seed)
+        return
 
     rows: list[tuple[str, int, dict[str, float], float]] = []
     eu = _run("euclidean", args.patients, args.days, args.seed)
@@ -122,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['t_assign']:>8.2f} {total:>8.2f} {at_n:>10.1f} {r['agree']:>6.2f}{note}"
         )
     print("agree = share of patients whose dominant class equals the synthetic latent kind")
+    hall_crosstab(seed=args.seed)
 
 
 if __name__ == "__main__":
