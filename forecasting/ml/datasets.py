@@ -54,6 +54,28 @@ class WindowConfig:
     context_steps: int = 72
     horizon_steps: int = 24
     use_treatments: bool = False
+    #: Targets as log-ratios ln(g_future / g_last) instead of mg/dL deltas. Quantiles
+    #: survive any monotone transform, and relative errors are what Clarke, MARD and
+    #: hypo detection punish, so low values get the precision they need.
+    log_target: bool = False
+
+    def target_scale(self, scaler: Scaler) -> float:
+        """Divisor that puts targets on a unit-ish scale."""
+        return scaler.glucose_std / scaler.glucose_mean if self.log_target else scaler.glucose_std
+
+    def encode_target(self, future: np.ndarray, last: np.ndarray, scaler: Scaler) -> np.ndarray:
+        """``[B, H]`` mg/dL futures -> normalised targets relative to ``[B]`` last values."""
+        if self.log_target:
+            return np.log(future / last[:, None]) / self.target_scale(scaler)
+        return (future - last[:, None]) / self.target_scale(scaler)
+
+    def decode_target(self, z: np.ndarray, last: np.ndarray, scaler: Scaler) -> np.ndarray:
+        """Inverse of :meth:`encode_target`; works on ``[B, H]`` or ``[B, H, Q]``."""
+        shape = (-1,) + (1,) * (z.ndim - 1)
+        base = last.reshape(shape)
+        if self.log_target:
+            return base * np.exp(z * self.target_scale(scaler))
+        return base + z * self.target_scale(scaler)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -217,7 +239,8 @@ class TrainingWindows:
         x = self.bank.windows(origins)
         vals, obs = self.bank.targets(origins)
         last = self.bank.value[origins]
-        y = np.where(obs, (vals - last[:, None]) / self.bank.scaler.glucose_std, 0.0)
+        with np.errstate(invalid="ignore"):
+            y = np.where(obs, self.bank.config.encode_target(vals, last, self.bank.scaler), 0.0)
         return Batch(
             x=torch.from_numpy(x).to(device),
             y=torch.from_numpy(y.astype(np.float32)).to(device),

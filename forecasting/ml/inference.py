@@ -113,8 +113,7 @@ class Forecaster:
         with torch.inference_mode():
             for o, x in InferenceWindows(bank, origins).iterate(batch_size):
                 q = self.network(torch.from_numpy(x).to(self.device)).cpu().numpy().astype(np.float64)
-                last = bank.value[o][:, None, None]
-                out[pos : pos + o.shape[0]] = last + q * self.scaler.glucose_std
+                out[pos : pos + o.shape[0]] = self.config.decode_target(q, bank.value[o], self.scaler)
                 pos += o.shape[0]
         return np.clip(out, 40.0, 400.0)
 

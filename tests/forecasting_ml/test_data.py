@@ -97,3 +97,14 @@ def test_metadata_reader_survives_quoted_commas(tmp_path: Path) -> None:
     p = tmp_path / "m.csv"
     p.write_text('person_id,CGM_type,age\nP06,"Freestyle Libre 2, Dexcom",21\n')
     assert read_metadata(p)["P06"]["CGM_type"] == "Freestyle Libre 2, Dexcom"
+
+
+def test_log_and_linear_targets_round_trip() -> None:
+    from forecasting.ml.datasets import Scaler, WindowConfig
+
+    future = np.array([[80.0, 120.0, 300.0]])
+    last = np.array([100.0])
+    for log in (False, True):
+        cfg = WindowConfig(log_target=log)
+        z = cfg.encode_target(future, last, Scaler())
+        assert np.allclose(cfg.decode_target(z, last, Scaler()), future)

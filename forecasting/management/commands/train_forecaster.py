@@ -1,0 +1,77 @@
+"""python manage.py train_forecaster [--data-dir DIR] [--output DIR] [--epochs N] [--device cpu|cuda] ..."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from forecasting.ml.pipeline import train_and_save
+from forecasting.ml.training import TrainingConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "cgm"
+DEFAULT_OUTPUT = REPO_ROOT / "forecasting" / "artifacts"
+
+
+class Command(BaseCommand):
+    help = (
+        "Train the glucose forecaster (patch-GRU, p10/p50/p90 every 5 min to 120 min) on the shared type 1 "
+        "cohorts AZT1D, Bris-T1D_Open and T1D-UOM with a leave-subjects-out split, evaluate it on the held-out "
+        "subjects next to persistence and AR2, and save forecaster.pt (state_dict) + forecaster.json."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=DEFAULT_DATA_DIR,
+            help="folder holding <cohort>.csv.gz and <cohort>-metadata.csv (default: ../shared/data/cgm)",
+        )
+        parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="artifact folder")
+        parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs, help="maximum epochs")
+        parser.add_argument(
+            "--samples-per-epoch",
+            type=int,
+            default=TrainingConfig.samples_per_epoch,
+            help="random training windows drawn per epoch",
+        )
+        parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="torch device (default cpu)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (split, init, sampling)")
+        parser.add_argument(
+            "--max-minutes",
+            type=float,
+            default=TrainingConfig.max_minutes,
+            help="stop training after this many minutes and keep the best epoch so far",
+        )
+        parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        data_dir: Path = options["data_dir"]
+        if not data_dir.is_dir():
+            raise CommandError(f"CGM data folder not found: {data_dir}")
+        if options["device"] == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise CommandError("--device cuda requested but CUDA is not available")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        config = TrainingConfig(
+            epochs=options["epochs"],
+            samples_per_epoch=options["samples_per_epoch"],
+            seed=options["seed"],
+            max_minutes=options["max_minutes"],
+            num_threads=options["threads"],
+        )
+        path = train_and_save(
+            data_dir,
+            options["output"],
+            config,
+            device=options["device"],
+            progress=not options["no_progress"],
+            echo=self.stdout.write,
+        )
+        self.stdout.write(self.style.SUCCESS(f"Model saved: {path}"))
