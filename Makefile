@@ -28,6 +28,8 @@ run: install migrate
 
 ## make test: the whole suite (integration tests need DATABASE_URL=postgres://… and REDIS_URL).
 test: export SECRET_KEY ?= test-only-secret-key-not-for-production-0123456789
+# Tests run in production mode (DEBUG=false) but speak plain HTTP to their own test servers.
+test: export SECURE_SSL_REDIRECT ?= false
 test: install
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
