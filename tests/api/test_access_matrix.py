@@ -1,0 +1,135 @@
+"""Role × endpoint × method matrix, built from the URL configuration.
+
+Every route the project serves must appear in EXPECTED, so a new endpoint cannot be
+added without deciding, and testing, who may call it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from itertools import count
+from typing import Any
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
+from rest_framework.views import APIView
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from tests.conftest import World
+
+ROLES = ["anonymous", "patient", "other_patient", "caregiver", "clinician", "other_clinician", "revoked_clinician",
+         "staff", "vendor", "other_vendor", "nightscout"]
+PEOPLE = {"patient", "other_patient", "caregiver", "clinician", "other_clinician", "revoked_clinician", "staff"}
+NON_PEOPLE = {"anonymous": 401, "nightscout": 401, "vendor": 403, "other_vendor": 403}
+
+
+def everyone(status: int) -> dict[str, int]:
+    return dict.fromkeys(ROLES, status)
+
+
+def people_only(**people: int) -> dict[str, int]:
+    return {**NON_PEOPLE, **dict.fromkeys(PEOPLE, 200), **people}
+
+
+# Reading a patient's data: their own app, their caregiver and consenting care team; 404 for everyone else.
+PATIENT_SCOPED_READ = people_only(other_patient=404, other_clinician=404, revoked_clinician=404, staff=404)
+NIGHTSCOUT_ONLY = {**everyone(401), "nightscout": 200}
+
+EXPECTED: dict[tuple[str, str], dict[str, int]] = {
+    ("healthz", "get"): everyone(200),
+    ("schema", "get"): everyone(200),
+    ("api-docs", "get"): everyone(200),
+    ("v1:token", "post"): everyone(200),
+    ("v1:token-refresh", "post"): everyone(200),
+    ("v1:me", "get"): people_only(),
+    ("v1:patients", "get"): people_only(),
+    ("v1:patient-readings", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-summary", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-treatments", "get"): PATIENT_SCOPED_READ,
+    # Readings: the patient's own app or a linked vendor. Others with a person token are refused
+    # outright; a patient or vendor naming someone else's patient gets the item rejected (400).
+    ("v1:readings", "post"): {**everyone(403), "anonymous": 401, "nightscout": 401, "patient": 200, "vendor": 200,
+                              "other_patient": 400, "other_vendor": 400},
+    ("v1:treatments", "post"): people_only(other_patient=400, other_clinician=400, revoked_clinician=400, staff=400),
+    ("nightscout:ns-entries", "get"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-entries", "post"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-entries-sgv", "get"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-entries-sgv", "post"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-entries-current", "get"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-treatments", "get"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-treatments", "post"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-devicestatus", "get"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-devicestatus", "post"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-devicestatus", "put"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-profile", "get"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-profile", "post"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-profile", "put"): NIGHTSCOUT_ONLY,
+    ("nightscout:ns-status", "get"): everyone(200),
+    ("nightscout:ns-verifyauth", "get"): everyone(200),
+    ("nightscout:ns-experiments-test", "get"): NIGHTSCOUT_ONLY,
+}
+
+
+def discovered_routes() -> set[tuple[str, str]]:
+    routes: set[tuple[str, str]] = set()
+
+    def walk(patterns: list[Any], namespace: str) -> None:
+        for entry in patterns:
+            if isinstance(entry, URLResolver):
+                if entry.namespace == "admin":
+                    continue
+                walk(entry.url_patterns, f"{namespace}{entry.namespace}:" if entry.namespace else namespace)
+            elif isinstance(entry, URLPattern):
+                view_class = getattr(entry.callback, "view_class", None) or getattr(entry.callback, "cls", None)
+                assert view_class is not None and issubclass(view_class, APIView), f"{entry} is not an API view"
+                for method in ("get", "post", "put", "patch", "delete"):
+                    if hasattr(view_class, method):
+                        routes.add((f"{namespace}{entry.name}", method))
+
+    walk(get_resolver().url_patterns, "")
+    return routes
+
+
+def test_every_route_has_an_access_decision() -> None:
+    assert discovered_routes() == set(EXPECTED)
+
+
+_clock = count()
+
+
+def request_body(name: str, world: World) -> Any:
+    # Each call gets its own instant, so repeated calls are never duplicates of each other.
+    moment = timezone.now() - timedelta(seconds=90 * next(_clock) + 90)
+    ms = int(moment.timestamp() * 1000)
+    return {
+        "v1:token": {"username": "alice", "password": "correct-horse-battery"},
+        "v1:token-refresh": {"refresh": str(RefreshToken.for_user(world.alice.user))},
+        "v1:readings": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "value": 100, "unit": "mg/dL"},
+        "v1:treatments": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "kind": "carbs", "carbs_g": 10},
+        "nightscout:ns-entries": [{"type": "sgv", "sgv": 100, "date": ms}],
+        "nightscout:ns-entries-sgv": [{"type": "sgv", "sgv": 100, "date": ms}],
+        "nightscout:ns-treatments": [{"eventType": "Note", "created_at": moment.isoformat(), "notes": "x"}],
+        "nightscout:ns-devicestatus": [{"device": "phone", "created_at": moment.isoformat()}],
+        "nightscout:ns-profile": [{"defaultProfile": "Default", "startDate": moment.isoformat()}],
+    }.get(name)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", sorted(EXPECTED), ids=lambda r: f"{r[1].upper()} {r[0]}")
+def test_access_matrix(world: World, route: tuple[str, str]) -> None:
+    name, method = route
+    kwargs = {"patient_id": world.alice.pk} if name.startswith("v1:patient-") else {}
+    url = reverse(name, kwargs=kwargs)
+    failures = []
+    for role, expected in EXPECTED[route].items():
+        client = world.client(role)
+        body = request_body(name, world)
+        if method == "get":
+            response = client.get(url)
+        else:
+            response = getattr(client, method)(url, data=json.dumps(body), content_type="application/json")
+        if response.status_code != expected:
+            failures.append(f"{role}: expected {expected}, got {response.status_code} {response.content[:200]!r}")
+    assert not failures, "\n".join(failures)
