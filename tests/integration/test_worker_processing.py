@@ -1,0 +1,119 @@
+"""A posted reading is processed by a real Celery worker over Redis, and survives a Redis outage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from glucoscope.readings import services
+from glucoscope.readings.batches import Uploader, reading_batch_ingest
+from glucoscope.readings.models import GlucoseReading, PatientOutbox, PatientSummary, ReadingSource
+from tests.conftest import bearer
+from tests.factories import PatientFactory
+from tests.integration.conftest import REDIS_RESTART, redis_is_up, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def post_readings(patient, minutes_ago: list[int], value: int = 120):  # type: ignore[no-untyped-def]
+    now = timezone.now()
+    body = [{"timestamp": (now - timedelta(minutes=m)).isoformat(), "value": value + m, "unit": "mg/dL"} for m in minutes_ago]
+    return bearer(patient.user).post("/api/v1/readings", data=json.dumps(body), content_type="application/json")
+
+
+def summary_count(patient_id: int) -> int:
+    summary = PatientSummary.objects.filter(patient_id=patient_id).first()
+    return summary.readings_last_24h if summary else 0
+
+
+def test_a_posted_reading_is_processed_by_the_worker(celery_worker_process: subprocess.Popen[bytes]) -> None:
+    patient = PatientFactory()
+    response = post_readings(patient, [10, 5, 0])
+    assert response.status_code == 200 and response.json()["accepted"] == 3
+    wait_for(lambda: summary_count(patient.pk) == 3, what="the worker to refresh the summary")
+    summary = PatientSummary.objects.get(patient=patient)
+    assert summary.latest_reading.value_mgdl == 120
+    wait_for(lambda: not PatientOutbox.objects.filter(patient=patient).exists(), what="the outbox row to be cleared")
+
+
+def test_a_burst_of_posts_is_debounced_and_nothing_is_missed(celery_worker_process: subprocess.Popen[bytes]) -> None:
+    patient = PatientFactory()
+    for minute in range(20, 0, -1):
+        assert post_readings(patient, [minute]).status_code == 200
+    wait_for(lambda: summary_count(patient.pk) == 20, what="all 20 readings to be reflected")
+    wait_for(lambda: not PatientOutbox.objects.filter(patient=patient).exists(), what="the outbox to drain")
+    # Debounce: at most one task per patient in flight, so fewer tasks ran than posts were made.
+    log = celery_worker_process.log_path.read_text()  # type: ignore[attr-defined]
+    tasks_run = log.count("readings.process_patient[") // 2  # "received" and "succeeded" lines
+    assert 1 <= tasks_run < 20, log[-2000:]
+
+
+def test_readings_posted_while_redis_is_down_are_stored_and_processed_when_it_returns(
+    celery_worker_process: subprocess.Popen[bytes],
+) -> None:
+    patient = PatientFactory()
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False)
+    wait_for(lambda: not redis_is_up(), timeout=10, what="Redis to stop")
+    try:
+        response = post_readings(patient, [15, 10, 5])
+        assert response.status_code == 200 and response.json()["accepted"] == 3
+        assert GlucoseReading.objects.filter(patient=patient).count() == 3
+        outbox = PatientOutbox.objects.get(patient=patient)
+        assert outbox.enqueued_at is None, "a failed publish must leave the row for the sweeper"
+    finally:
+        subprocess.run(REDIS_RESTART, check=True)
+        wait_for(redis_is_up, timeout=10, what="Redis to restart")
+
+    def sweep() -> bool:
+        try:
+            services.outbox_sweep()
+        except Exception:  # the first publish after a restart may meet a stale pooled connection
+            return False
+        return summary_count(patient.pk) == 3
+
+    wait_for(sweep, timeout=60, what="the sweeper and worker to process the backlog")
+    wait_for(lambda: not PatientOutbox.objects.filter(patient=patient).exists(), what="the outbox to drain")
+
+
+def test_the_same_batch_posted_twice_concurrently_is_stored_once(real_services: None, transactional_db: None) -> None:
+    patient = PatientFactory()
+    now = timezone.now()
+    batch = [{"timestamp": (now - timedelta(minutes=5 * i)).isoformat(), "value": 100 + i, "unit": "mg/dL"} for i in range(200)]
+    # A second uploader sends the same sensor values 20 s later: near duplicates.
+    shifted = [{**item, "timestamp": (now - timedelta(minutes=5 * i, seconds=-20)).isoformat()} for i, item in enumerate(batch)]
+    barrier = threading.Barrier(4)
+    results: list[int] = []
+
+    def upload(items: list[dict[str, object]]) -> None:
+        barrier.wait()
+        try:
+            outcome = reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk), items=items)
+            results.append(outcome.accepted)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=upload, args=(items,)) for items in (batch, batch, shifted, shifted)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(results) == 200
+    assert GlucoseReading.objects.filter(patient=patient).count() == 200
+
+
+def test_the_same_task_delivered_twice_has_one_effect(real_services: None, transactional_db: None) -> None:
+    from glucoscope.readings.tasks import process_patient
+
+    patient = PatientFactory()
+    reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk),
+                         items=[{"timestamp": timezone.now().isoformat(), "value": 130, "unit": "mg/dL"}])
+    process_patient.apply(args=[patient.pk])
+    process_patient.apply(args=[patient.pk])
+    assert PatientSummary.objects.get(patient=patient).readings_last_24h == 1
+    assert not PatientOutbox.objects.filter(patient=patient).exists()
