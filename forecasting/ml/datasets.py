@@ -57,7 +57,7 @@ class WindowConfig:
     #: Targets as log-ratios ln(g_future / g_last) instead of mg/dL deltas. Quantiles
     #: survive any monotone transform, and relative errors are what Clarke, MARD and
     #: hypo detection punish, so low values get the precision they need.
-    log_target: bool = False
+    log_target: bool = True
 
     def target_scale(self, scaler: Scaler) -> float:
         """Divisor that puts targets on a unit-ish scale."""

@@ -258,6 +258,8 @@ def interval_coverage(ref: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> 
 
 #: (bank, global origin slots) -> ``[B, H, 3]`` mg/dL quantiles p10/p50/p90.
 QuantilePredictFn = Callable[[SeriesBank, np.ndarray], np.ndarray]
+#: ``[B, H, 3]`` quantiles -> ``[B]`` bool: raise a predicted-low alert now.
+AlertFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -272,6 +274,7 @@ class EvaluationData:
     point: dict[str, dict[int, np.ndarray]]
     interval: dict[int, tuple[np.ndarray, np.ndarray]]
     patient_days: dict[str, float]
+    alarm: np.ndarray | None = None
 
 
 def collect_predictions(
@@ -282,8 +285,13 @@ def collect_predictions(
     ridge: RidgeLagged | None = None,
     horizons: tuple[int, ...] = DEFAULT_HORIZONS,
     model_name: str = "model",
+    alert_fn: AlertFn | None = None,
 ) -> EvaluationData:
-    """Run baselines (and the model, when ``predict_fn`` is given) on all origins."""
+    """Run baselines (and the model, when ``predict_fn`` is given) on all origins.
+
+    ``alert_fn`` adds a "<model>_alert" row scoring the model's own alert rule
+    (from its risk probabilities) for hypo detection at 30 min.
+    """
     config = config or WindowConfig()
     scaler = scaler or Scaler()
     bank = SeriesBank(config, scaler)
@@ -305,6 +313,7 @@ def collect_predictions(
     point: dict[str, dict[int, list[np.ndarray]]] = {}
     interval: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {h: ([], []) for h in horizons}
     patient_days: dict[str, float] = {}
+    alarms: list[np.ndarray] = []
     for key, readings, org in per_subject:
         if org.slot.size == 0:
             continue
@@ -321,6 +330,8 @@ def collect_predictions(
         if predict_fn is not None:
             q = predict_fn(bank, gslots)
             preds[model_name] = q[..., 1]
+            if alert_fn is not None:
+                alarms.append(alert_fn(q))
             for h in horizons:
                 interval[h][0].append(q[:, steps[h] - 1, 0])
                 interval[h][1].append(q[:, steps[h] - 1, 2])
@@ -343,6 +354,7 @@ def collect_predictions(
         point={m: {h: cat(v) for h, v in d.items()} for m, d in point.items()},
         interval={h: (cat(lo), cat(hi)) for h, (lo, hi) in interval.items() if lo},
         patient_days=patient_days,
+        alarm=cat(alarms) if alarms else None,
     )
 
 
@@ -368,6 +380,12 @@ def summarise(data: EvaluationData, by_cohort: bool = True) -> list[dict[str, ob
                 if method not in ("persistence", "linear", "ar2", "ridge") and h in data.interval:
                     lo, hi = data.interval[h]
                     row["coverage80"] = interval_coverage(ref, lo[sel], hi[sel])
+                rows.append(row)
+            if h == 30 and data.alarm is not None:
+                # The alert rule is scored like a point forecast: "low" <=> alarm.
+                pseudo = np.where(data.alarm[sel], HYPO_THRESHOLD - 1, HYPO_THRESHOLD + 1)
+                row = {"cohort": cname, "horizon": h, "method": "model_alert"}
+                row.update(hypo_detection(ref, pseudo, data.subject[sel], data.time[sel], days))
                 rows.append(row)
     return rows
 

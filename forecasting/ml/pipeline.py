@@ -28,6 +28,9 @@ from forecasting.ml.training import QuantileForecasterTrainer, TrainingConfig, s
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "1.0.0"
+#: Predicted-low alert: calibrated P(<70 mg/dL within 30 min) at least this.
+#: "More likely than not" is fixed a priori, not tuned on test subjects.
+ALERT_PROBABILITY = 0.5
 ARTIFACT_NAME = "forecaster"
 
 
@@ -46,8 +49,17 @@ def evaluate_subjects(
         predict_fn = forecaster.predict_bank
         if forecaster.metadata.get("ridge"):
             ridge = RidgeLagged.from_dict(forecaster.metadata["ridge"])
+    alert_fn = None
+    if forecaster is not None:
+        alert_fn = lambda q: forecaster.risk(q)["p_below_70_30min"] >= ALERT_PROBABILITY  # noqa: E731
     data = collect_predictions(
-        subjects, predict_fn=predict_fn, config=config, scaler=scaler, ridge=ridge, horizons=horizons
+        subjects,
+        predict_fn=predict_fn,
+        config=config,
+        scaler=scaler,
+        ridge=ridge,
+        horizons=horizons,
+        alert_fn=alert_fn,
     )
     calibration: dict[str, Any] = {}
     if forecaster is not None:

@@ -143,3 +143,20 @@ def test_forecast_csv_keeps_timestamps_as_written(trained: QuantileForecasterTra
     written = {r.split(",")[1] for r in lines[1:]}
     assert {b[1] for b in body} <= written
     assert {b[2] for b in body} == {"30", "60"}
+
+
+def test_personalisation_needs_seven_days_and_reports_later_day_rmse(trained: QuantileForecasterTrainer) -> None:
+    from forecasting.ml.personalise import FineTuneConfig, fine_tune, personalisation_gain
+
+    f = trained.to_forecaster()
+    short = synthetic_subject("short", days=2.0, seed=1)
+    with pytest.raises(ValueError, match="at least 7 days"):
+        fine_tune(f, short)
+    long = synthetic_subject("long", days=9.5, seed=4)
+    rows = personalisation_gain(f, {"long": long}, config=FineTuneConfig(steps=5, batch_size=32))
+    assert len(rows) == 1
+    assert rows[0]["population_rmse30"] > 0 and rows[0]["personal_rmse30"] > 0
+    # The shared model must not be modified by fine-tuning.
+    before = {k: v.clone() for k, v in f.network.state_dict().items()}
+    fine_tune(f, long, FineTuneConfig(steps=3, batch_size=16))
+    assert all(torch.equal(before[k], v) for k, v in f.network.state_dict().items())
