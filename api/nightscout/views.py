@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
@@ -34,6 +35,9 @@ from glucoscope.readings.validation import (
     parse_glucose,
     parse_timestamp,
 )
+
+# Nightscout documents are free-form JSON that uploaders define; the schema says so rather than guessing.
+nightscout_schema = extend_schema(request=OpenApiTypes.ANY, responses=OpenApiTypes.ANY, tags=["nightscout"])
 
 DEFAULT_COUNT = 10
 MAX_COUNT = 10_000
@@ -152,7 +156,7 @@ class EntriesApi(NightscoutView):
 
     only_sgv = False
 
-    @extend_schema(responses={200: dict})
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         patient = self.patient(request)
         start, end = _find_range(request, ("date", "dateString"))
@@ -170,7 +174,7 @@ class EntriesApi(NightscoutView):
         previous_of = {sgv_rows[i].pk: sgv_rows[i + 1] for i in range(len(sgv_rows) - 1)}
         return Response([entry_json(r, previous_of.get(r.pk)) for r in rows[:count]])
 
-    @extend_schema(request=dict, responses={200: dict})
+    @nightscout_schema
     def post(self, request: Request) -> Response:
         patient = self.patient(request)
         items = batch_items(request.data)
@@ -202,6 +206,7 @@ class EntriesSgvApi(EntriesApi):
 
 
 class EntriesCurrentApi(NightscoutView):
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         latest = selectors.readings_latest(patient=self.patient(request), limit=2)
         return Response([entry_json(latest[0], latest[1] if len(latest) > 1 else None)] if latest else [])
@@ -223,6 +228,7 @@ class DocumentCollectionApi(NightscoutView):
 
     collection: str = ""
 
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         start, end = _find_range(request, ("created_at", "date"))
         documents = selectors.nightscout_documents(
@@ -230,6 +236,7 @@ class DocumentCollectionApi(NightscoutView):
         )
         return Response([{**d.document, "_id": object_id(d.pk, self.collection)} for d in documents])
 
+    @nightscout_schema
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         if not all(isinstance(item, dict) for item in items):
@@ -237,6 +244,7 @@ class DocumentCollectionApi(NightscoutView):
         documents = _store_documents(self.patient(request), self.collection, items)
         return Response([{**d.document, "_id": object_id(d.pk, self.collection)} for d in documents])
 
+    @nightscout_schema
     def put(self, request: Request) -> Response:
         return self.post(request)
 
@@ -271,6 +279,7 @@ def treatment_ns_json(treatment: Treatment) -> dict[str, Any]:
 
 
 class TreatmentsApi(NightscoutView):
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         start, end = _find_range(request, ("created_at", "date", "timestamp"))
         treatments = Treatment.objects.filter(patient=self.patient(request))
@@ -280,6 +289,7 @@ class TreatmentsApi(NightscoutView):
             treatments = treatments.filter(occurred_at__lte=end)
         return Response([treatment_ns_json(t) for t in treatments.order_by("-occurred_at")[: _count(request)]])
 
+    @nightscout_schema
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         ids, rejected = nightscout_treatment_batch_ingest(patient_id=self.patient(request).pk, items=items)
@@ -295,6 +305,7 @@ class StatusApi(APIView):
     authentication_classes = [NightscoutAuthentication]
     permission_classes = [AllowAny]
 
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         now = timezone.now()
         authorized = isinstance(request.user, NightscoutPrincipal)
@@ -322,6 +333,7 @@ class VerifyAuthApi(APIView):
         except Exception:  # a wrong secret is an answer here, not an error
             request._user = None  # type: ignore[attr-defined]
 
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         ok = isinstance(request.user, NightscoutPrincipal)
         return Response({"status": 200, "message": {
@@ -333,5 +345,6 @@ class VerifyAuthApi(APIView):
 class ExperimentsTestApi(NightscoutView):
     """Loop calls this to check its credential."""
 
+    @nightscout_schema
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})

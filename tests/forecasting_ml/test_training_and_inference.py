@@ -143,6 +143,7 @@ def test_forecast_csv_keeps_timestamps_as_written(trained: QuantileForecasterTra
     written = {r.split(",")[1] for r in lines[1:]}
     assert {b[1] for b in body} <= written
     assert {b[2] for b in body} == {"30", "60"}
+    assert len({(b[1], b[2]) for b in body}) == len(body)  # the duplicated row is one origin
 
 
 def test_personalisation_needs_seven_days_and_reports_later_day_rmse(trained: QuantileForecasterTrainer) -> None:
