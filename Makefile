@@ -44,8 +44,13 @@ typecheck: install
 ## make bench-ingest: HTTP ingest throughput against PostgreSQL, next to COPY and bare-insert ceilings.
 bench-ingest: export SECRET_KEY ?= bench-only-secret-key-not-for-production-0123456789
 bench-ingest: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/glucoscope_bench
+# Production-like: ingest enqueues to Redis (db 13, purged afterwards) instead of running tasks in the request.
+bench-ingest: export REDIS_URL ?= redis://127.0.0.1:6379/13
 bench-ingest: install
-	$(BIN)/python manage.py bench_ingest
+	psql "$${DATABASE_URL%/*}/postgres" -tc "SELECT 1 FROM pg_database WHERE datname = '$${DATABASE_URL##*/}'" | grep -q 1 \
+	  || psql "$${DATABASE_URL%/*}/postgres" -c "CREATE DATABASE $${DATABASE_URL##*/}"
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py bench_ingest $(BENCH_ARGS)
 
 worker: install
 	$(BIN)/celery -A glucoscope worker -Q ingest,forecasting,notifications --loglevel=INFO

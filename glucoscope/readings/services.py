@@ -35,12 +35,14 @@ _broker_unavailable_until = 0.0
 _READING_TABLE = GlucoseReading._meta.db_table
 _OUTBOX_TABLE = PatientOutbox._meta.db_table
 _STAGE_COLUMNS = (
-    "patient_id", "device_id", "measured_at", "window_start", "window_end",
-    "value_mgdl", "sensor_flag", "direction", "trend_rate", "is_calibration",
+    "patient_id", "device_id", "measured_at", "value_mgdl", "sensor_flag", "direction", "trend_rate", "is_calibration",
 )
+# PostgreSQL computes the near-duplicate window itself; SQLite stores text timestamps, so the
+# window bounds are staged precomputed in the same text format.
+_STAGE_TYPES = ("int8", "int8", "timestamptz", "float8", "text", "text", "float8", "bool")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResolvedReading:
     """A validated reading bound to a patient (and device) the caller may write for."""
 
@@ -83,38 +85,47 @@ def _is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+_PG_STAGE_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS reading_stage ("
+    "patient_id bigint, device_id bigint, measured_at timestamptz, value_mgdl double precision,"
+    " sensor_flag text, direction text, trend_rate double precision, is_calibration boolean)"
+    " ON COMMIT DELETE ROWS"
+)
+
+
+def prepare_connection(sender: object, connection: object, **kwargs: object) -> None:
+    """Create the per-connection staging table once, when PostgreSQL connections open (not per batch)."""
+    if getattr(connection, "vendor", None) == "postgresql":
+        with connection.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute(_PG_STAGE_TABLE)
+
+
 def _stage_rows(cursor, readings: Sequence[ResolvedReading]) -> None:  # type: ignore[no-untyped-def]
     columns = ", ".join(_STAGE_COLUMNS)
     if _is_postgres():
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS reading_stage ("
-            "patient_id bigint, device_id bigint, measured_at timestamptz, window_start timestamptz,"
-            " window_end timestamptz, value_mgdl double precision, sensor_flag varchar(4),"
-            " direction varchar(20), trend_rate double precision, is_calibration boolean) ON COMMIT DELETE ROWS"
-        )
-        with cursor.copy(f"COPY reading_stage ({columns}) FROM STDIN") as copy:
+        # Binary COPY: psycopg's C dumpers format timestamps far faster than text COPY.
+        with cursor.copy(f"COPY reading_stage ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STAGE_TYPES)
+            write_row = copy.write_row
             for r in readings:
-                copy.write_row((
-                    r.patient_id, r.device_id, r.measured_at,
-                    r.measured_at - NEAR_DUPLICATE_WINDOW, r.measured_at + NEAR_DUPLICATE_WINDOW,
-                    r.value_mgdl, r.sensor_flag, r.direction, r.trend_rate, r.is_calibration,
-                ))
+                write_row((r.patient_id, r.device_id, r.measured_at, r.value_mgdl, r.sensor_flag, r.direction,
+                           r.trend_rate, r.is_calibration))
         return
     # SQLite (development default): same staging table, filled row by row.
     adapt = connection.ops.adapt_datetimefield_value
     cursor.execute(
         "CREATE TEMP TABLE IF NOT EXISTS reading_stage (patient_id integer, device_id integer, measured_at text,"
-        " window_start text, window_end text, value_mgdl real, sensor_flag text, direction text,"
-        " trend_rate real, is_calibration bool)"
+        " value_mgdl real, sensor_flag text, direction text, trend_rate real, is_calibration bool,"
+        " window_start text, window_end text)"
     )
     cursor.execute("DELETE FROM reading_stage")
     cursor.executemany(
-        f"INSERT INTO reading_stage ({columns}) VALUES ({', '.join(['%s'] * len(_STAGE_COLUMNS))})",
+        f"INSERT INTO reading_stage ({columns}, window_start, window_end) VALUES ({', '.join(['%s'] * (len(_STAGE_COLUMNS) + 2))})",
         [
             (
-                r.patient_id, r.device_id, adapt(r.measured_at),
+                r.patient_id, r.device_id, adapt(r.measured_at), r.value_mgdl, r.sensor_flag, r.direction,
+                r.trend_rate, r.is_calibration,
                 adapt(r.measured_at - NEAR_DUPLICATE_WINDOW), adapt(r.measured_at + NEAR_DUPLICATE_WINDOW),
-                r.value_mgdl, r.sensor_flag, r.direction, r.trend_rate, r.is_calibration,
             )
             for r in readings
         ],
@@ -124,7 +135,7 @@ def _stage_rows(cursor, readings: Sequence[ResolvedReading]) -> None:  # type: i
 # One statement for the whole batch: exact duplicates fall to the unique index
 # (ON CONFLICT DO NOTHING), near duplicates already stored to NOT EXISTS, which the
 # (patient, measured_at, device) index answers with a short range scan.
-_INSERT_FROM_STAGE = f"""
+_INSERT_FROM_STAGE_TEMPLATE = f"""
 INSERT INTO {_READING_TABLE}
     (patient_id, device_id, measured_at, value_mgdl, sensor_flag, direction, trend_rate,
      is_calibration, source, received_at)
@@ -134,7 +145,7 @@ FROM reading_stage s
 WHERE NOT EXISTS (
     SELECT 1 FROM {_READING_TABLE} r
     WHERE r.patient_id = s.patient_id
-      AND r.measured_at > s.window_start AND r.measured_at < s.window_end
+      AND r.measured_at > {{window_start}} AND r.measured_at < {{window_end}}
       AND COALESCE(r.value_mgdl, -1) = COALESCE(s.value_mgdl, -1)
       AND r.sensor_flag = s.sensor_flag
       AND r.is_calibration = s.is_calibration
@@ -142,6 +153,16 @@ WHERE NOT EXISTS (
 ON CONFLICT DO NOTHING
 RETURNING patient_id
 """
+# PostgreSQL aggregates the inserted rows per patient server-side (≤ one row per patient back,
+# not one per reading); SQLite cannot put an INSERT in a CTE, so it returns every row.
+_INSERT_FROM_STAGE = {
+    "postgresql": "WITH inserted AS (" + _INSERT_FROM_STAGE_TEMPLATE.format(
+        window_start=f"s.measured_at - interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'",
+        window_end=f"s.measured_at + interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'",
+    ) + ") SELECT patient_id, count(*) FROM inserted GROUP BY patient_id",
+    "sqlite": _INSERT_FROM_STAGE_TEMPLATE.format(window_start="s.window_start", window_end="s.window_end")
+    .replace("RETURNING patient_id", "RETURNING patient_id, 1"),
+}
 
 
 def readings_ingest(*, readings: Sequence[ResolvedReading], source: str) -> IngestResult:
@@ -164,11 +185,12 @@ def readings_ingest(*, readings: Sequence[ResolvedReading], source: str) -> Inge
                 [_INGEST_LOCK_CLASS, sorted({r.patient_id for r in unique})],
             )
         _stage_rows(cursor, unique)
-        cursor.execute(_INSERT_FROM_STAGE, [source, received_at])
-        inserted_patient_ids = [row[0] for row in cursor.fetchall()]
-        touched = frozenset(inserted_patient_ids)
+        cursor.execute(_INSERT_FROM_STAGE[connection.vendor], [source, received_at])
+        inserted_per_patient = cursor.fetchall()
+        accepted = sum(count for _, count in inserted_per_patient)
+        touched = frozenset(patient_id for patient_id, _ in inserted_per_patient)
         outbox_mark(patient_ids=touched, cursor=cursor)
-    return IngestResult(len(inserted_patient_ids), len(readings) - len(inserted_patient_ids), touched)
+    return IngestResult(accepted, len(readings) - accepted, touched)
 
 
 # --- Outbox ------------------------------------------------------------------
@@ -222,19 +244,25 @@ def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | N
         return [row[0] for row in cursor.fetchall()]
 
 
-def _publish(patient_ids: Sequence[int]) -> None:
-    """Send one processing task per patient; on a broker error, release the claims for the sweeper."""
-    global _broker_unavailable_until
-    from glucoscope.readings.tasks import process_patient
+# One task carries up to this many patients: a vendor batch for 100 patients is one
+# publish, and the worker can run the forecasting model batched across them.
+PATIENTS_PER_TASK = 100
 
-    for position, patient_id in enumerate(patient_ids):
+
+def _publish(patient_ids: Sequence[int]) -> None:
+    """Send processing tasks for claimed patients; on a broker error, release the claims for the sweeper."""
+    global _broker_unavailable_until
+    from glucoscope.readings.tasks import process_patients
+
+    for start in range(0, len(patient_ids), PATIENTS_PER_TASK):
+        chunk = list(patient_ids[start : start + PATIENTS_PER_TASK])
         try:
-            process_patient.apply_async(args=[patient_id], retry=False)
+            process_patients.apply_async(args=[chunk], retry=False)
         except Exception as exc:  # kombu/redis raise many connection error types
             if settings.CELERY_TASK_ALWAYS_EAGER:
                 raise
             _broker_unavailable_until = time.monotonic() + _BROKER_BACKOFF_SECONDS
-            unsent = list(patient_ids[position:])
+            unsent = list(patient_ids[start:])
             PatientOutbox.objects.filter(patient_id__in=unsent).update(enqueued_at=None)
             logger.warning("Broker unavailable (%s); %d patients left to the outbox sweeper", exc, len(unsent))
             return
@@ -263,18 +291,20 @@ def outbox_sweep() -> int:
     return sent
 
 
-def outbox_version(*, patient_id: int) -> int | None:
-    return PatientOutbox.objects.filter(patient_id=patient_id).values_list("version", flat=True).first()
+def outbox_versions(*, patient_ids: Sequence[int]) -> dict[int, int]:
+    return dict(PatientOutbox.objects.filter(patient_id__in=patient_ids).values_list("patient_id", "version"))
 
 
-def outbox_complete(*, patient_id: int, version: int | None) -> None:
-    """Remove the outbox row if nothing arrived since `version` was read; otherwise run again."""
-    if version is None:
-        return
-    deleted, _ = PatientOutbox.objects.filter(patient_id=patient_id, version=version).delete()
-    if not deleted:
-        PatientOutbox.objects.filter(patient_id=patient_id).update(enqueued_at=None)
-        outbox_enqueue(patient_ids=[patient_id])
+def outbox_complete(*, versions: dict[int, int]) -> None:
+    """Remove each outbox row if nothing arrived since its version was read; run the others again."""
+    rerun = []
+    for patient_id, version in versions.items():
+        deleted, _ = PatientOutbox.objects.filter(patient_id=patient_id, version=version).delete()
+        if not deleted:
+            rerun.append(patient_id)
+    if rerun:
+        PatientOutbox.objects.filter(patient_id__in=rerun).update(enqueued_at=None)
+        outbox_enqueue(patient_ids=rerun)
 
 
 # --- Processing ---------------------------------------------------------------
@@ -292,11 +322,16 @@ def patient_summary_refresh(*, patient_id: int) -> PatientSummary:
     return summary
 
 
-def patient_process(*, patient_id: int) -> None:
-    """Everything that follows an ingest for one patient. Idempotent: safe to run twice."""
-    version = outbox_version(patient_id=patient_id)
-    patient_summary_refresh(patient_id=patient_id)
-    outbox_complete(patient_id=patient_id, version=version)
+def patients_process(*, patient_ids: Sequence[int]) -> None:
+    """Everything that follows an ingest, for a group of patients. Idempotent: safe to run twice.
+
+    The outbox versions are read before any data, so readings committed while this runs
+    leave their rows in place and cause another run.
+    """
+    versions = outbox_versions(patient_ids=patient_ids)
+    for patient_id in patient_ids:
+        patient_summary_refresh(patient_id=patient_id)
+    outbox_complete(versions=versions)
 
 
 # --- Treatments ---------------------------------------------------------------

@@ -16,7 +16,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
 @shared_task(
-    name="readings.process_patient",
+    name="readings.process_patients",
     autoretry_for=TRANSIENT_ERRORS,
     max_retries=5,
     retry_backoff=True,
@@ -24,11 +24,12 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     soft_time_limit=30,
     time_limit=60,
 )
-def process_patient(patient_id: int) -> None:
-    if not Patient.objects.filter(pk=patient_id).exists():
-        logger.info("process_patient: patient %s no longer exists; nothing to do", patient_id)
-        return
-    services.patient_process(patient_id=patient_id)
+def process_patients(patient_ids: list[int]) -> None:
+    existing = list(Patient.objects.filter(pk__in=patient_ids).values_list("pk", flat=True))
+    if len(existing) < len(patient_ids):
+        logger.info("process_patients: %d of the patients no longer exist; skipping them", len(patient_ids) - len(existing))
+    if existing:
+        services.patients_process(patient_ids=existing)
 
 
 @shared_task(

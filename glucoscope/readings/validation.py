@@ -56,6 +56,17 @@ _DEXCOM_TREND_NUMBERS = {
 def parse_timestamp(raw: Any, *, now: datetime, errors: FieldErrors, field: str = "timestamp") -> datetime | None:
     """ISO 8601 with an offset (also `+0100`, as xDrip+ writes it) or epoch milliseconds → aware UTC."""
     moment: datetime
+    if type(raw) is str:
+        # Hot path for vendors' ISO strings; anything unusual falls through to the full checks below.
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(timezone.utc)
+                if OLDEST_ACCEPTED <= moment <= now + MAX_CLOCK_SKEW:
+                    return moment
     if raw is None or raw == "":
         errors[field] = [ERR_REQUIRED]
         return None
@@ -95,6 +106,8 @@ def parse_timestamp(raw: Any, *, now: datetime, errors: FieldErrors, field: str 
 def parse_unit(raw: Any, *, errors: FieldErrors, default: str | None = None) -> str | None:
     if raw is None and default is not None:
         return default
+    if raw in _UNITS_VERBATIM:
+        return _UNITS_VERBATIM[raw]
     if not isinstance(raw, str) or raw.strip().lower() not in _UNITS:
         errors["unit"] = [ERR_REQUIRED if raw is None else ERR_UNIT]
         return None
@@ -103,6 +116,8 @@ def parse_unit(raw: Any, *, errors: FieldErrors, default: str | None = None) -> 
 
 def parse_glucose(raw: Any, *, unit: str | None, errors: FieldErrors, field: str = "value") -> tuple[float | None, str]:
     """Returns (mg/dL or None, sensor flag). "Low"/"High" are kept as flags, never as invented numbers."""
+    if type(raw) is int and unit == "mg/dL" and MIN_GLUCOSE_MGDL <= raw <= MAX_GLUCOSE_MGDL:
+        return float(raw), SensorFlag.NONE
     if isinstance(raw, str):
         word = raw.strip().lower()
         if word == "low":
@@ -130,9 +145,18 @@ def parse_glucose(raw: Any, *, unit: str | None, errors: FieldErrors, field: str
     return round(min(max(mgdl, MIN_GLUCOSE_MGDL), MAX_GLUCOSE_MGDL), 1), SensorFlag.NONE
 
 
+# The exact spellings uploaders send, looked up before any normalising (the hot path).
+_DIRECTIONS_VERBATIM: dict[str, str] = {
+    **{choice.value: choice.value for choice in Direction}, "NotComputable": "NOT COMPUTABLE", "RateOutOfRange": "RATE OUT OF RANGE",
+}
+_UNITS_VERBATIM = {"mg/dL": "mg/dL", "mmol/L": "mmol/L"}
+
+
 def parse_direction(raw: Any, *, errors: FieldErrors, field: str = "trend") -> str:
     if raw is None or raw == "":
         return ""
+    if isinstance(raw, str) and raw in _DIRECTIONS_VERBATIM:
+        return _DIRECTIONS_VERBATIM[raw]
     if isinstance(raw, int) and not isinstance(raw, bool) and raw in _DEXCOM_TREND_NUMBERS:
         return _DEXCOM_TREND_NUMBERS[raw].value
     if isinstance(raw, str) and _direction_key(raw) in _DIRECTIONS:

@@ -50,7 +50,7 @@ def test_a_burst_of_posts_is_debounced_and_nothing_is_missed(celery_worker_proce
     wait_for(lambda: not PatientOutbox.objects.filter(patient=patient).exists(), what="the outbox to drain")
     # Debounce: at most one task per patient in flight, so fewer tasks ran than posts were made.
     log = celery_worker_process.log_path.read_text()  # type: ignore[attr-defined]
-    tasks_run = log.count("readings.process_patient[") // 2  # "received" and "succeeded" lines
+    tasks_run = log.count("readings.process_patients[") // 2  # "received" and "succeeded" lines
     assert 1 <= tasks_run < 20, log[-2000:]
 
 
@@ -108,12 +108,12 @@ def test_the_same_batch_posted_twice_concurrently_is_stored_once(real_services: 
 
 
 def test_the_same_task_delivered_twice_has_one_effect(real_services: None, transactional_db: None) -> None:
-    from glucoscope.readings.tasks import process_patient
+    from glucoscope.readings.tasks import process_patients
 
     patient = PatientFactory()
     reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk),
                          items=[{"timestamp": timezone.now().isoformat(), "value": 130, "unit": "mg/dL"}])
-    process_patient.apply(args=[patient.pk])
-    process_patient.apply(args=[patient.pk])
+    process_patients.apply(args=[[patient.pk]])
+    process_patients.apply(args=[[patient.pk]])
     assert PatientSummary.objects.get(patient=patient).readings_last_24h == 1
     assert not PatientOutbox.objects.filter(patient=patient).exists()

@@ -26,9 +26,9 @@ def test_marking_twice_bumps_the_version_and_only_one_claim_succeeds() -> None:
 def test_a_task_that_saw_an_old_version_leaves_the_row_and_runs_again() -> None:
     patient = PatientFactory()
     services.outbox_mark(patient_ids=[patient.pk])
-    version = services.outbox_version(patient_id=patient.pk)
+    versions = services.outbox_versions(patient_ids=[patient.pk])
     services.outbox_mark(patient_ids=[patient.pk])  # new data arrives while the task runs
-    services.outbox_complete(patient_id=patient.pk, version=version)
+    services.outbox_complete(versions=versions)
     # Tasks are eager in unit tests: the re-run processed the patient and cleared the row.
     assert not PatientOutbox.objects.filter(patient=patient).exists()
     assert PatientSummary.objects.filter(patient=patient).exists()
@@ -45,6 +45,6 @@ def test_the_sweeper_resends_rows_never_enqueued_or_enqueued_too_long_ago(settin
 
 
 def test_a_missing_patient_is_logged_and_the_task_returns() -> None:
-    from glucoscope.readings.tasks import process_patient
+    from glucoscope.readings.tasks import process_patients
 
-    assert process_patient.apply(args=[987654]).successful()
+    assert process_patients.apply(args=[[987654]]).successful()
