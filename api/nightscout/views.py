@@ -185,10 +185,10 @@ class EntriesApi(NightscoutView):
             items=glucose_items,
             parse_item=parse_nightscout_entry,
         )
-        stored = readings_matching_stored(patient_id=patient.pk, readings=[bound for _, bound in outcome.stored])
+        stored = readings_matching_stored(patient_id=patient.pk, readings=outcome.stored)
         body: list[dict[str, Any]] = [
-            {**glucose_items[index], "_id": object_id(row.pk)}
-            for (index, _), row in zip(outcome.stored, stored, strict=True)
+            {**glucose_items[reading.index], "_id": object_id(row.pk)}
+            for reading, row in zip(outcome.stored, stored, strict=True)
             if row is not None
         ]
         body += [

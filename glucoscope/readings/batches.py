@@ -41,16 +41,16 @@ class BatchOutcome:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    stored: list[tuple[int, services.ResolvedReading]] = field(default_factory=list)
+    stored: list[ReadingInput] = field(default_factory=list)
 
     def as_response(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
 
 
-def _resolve(uploader: Uploader, inputs: Sequence[ReadingInput]) -> list[services.ResolvedReading | FieldErrors]:
+def _resolve(uploader: Uploader, inputs: Sequence[ReadingInput]) -> list[ReadingInput | FieldErrors]:
     """Bind each item to a patient and device within the uploader's scope, or explain why not."""
     serials = {item.device_serial for item in inputs if item.device_serial}
-    resolved: list[services.ResolvedReading | FieldErrors] = []
+    resolved: list[ReadingInput | FieldErrors] = []
 
     if uploader.vendor_id is not None:
         links = vendor_links(
@@ -104,17 +104,9 @@ def _resolve(uploader: Uploader, inputs: Sequence[ReadingInput]) -> list[service
     return resolved
 
 
-def _bind(item: ReadingInput, patient_id: int, device_id: int | None) -> services.ResolvedReading:
-    return services.ResolvedReading(
-        patient_id=patient_id,
-        device_id=device_id,
-        measured_at=item.measured_at,
-        value_mgdl=item.value_mgdl,
-        sensor_flag=item.sensor_flag,
-        direction=item.direction,
-        trend_rate=item.trend_rate,
-        is_calibration=item.is_calibration,
-    )
+def _bind(item: ReadingInput, patient_id: int, device_id: int | None) -> ReadingInput:
+    item.patient_id, item.device_id = patient_id, device_id
+    return item
 
 
 ItemParser = Callable[[int, Any, datetime], "ReadingInput | FieldErrors"]
@@ -137,13 +129,13 @@ def reading_batch_ingest(
             inputs.append(parsed)
         else:
             outcome.rejected.append({"index": index, "errors": parsed})
-    to_store: list[services.ResolvedReading] = []
+    to_store: list[ReadingInput] = []
     for item, bound in zip(inputs, _resolve(uploader, inputs), strict=True):
-        if isinstance(bound, services.ResolvedReading):
+        if isinstance(bound, ReadingInput):
             to_store.append(bound)
-            outcome.stored.append((item.index, bound))
         else:
             outcome.rejected.append({"index": item.index, "errors": bound})
+    outcome.stored = to_store
     outcome.rejected.sort(key=lambda entry: entry["index"])
     result = services.readings_ingest(readings=to_store, source=uploader.source)
     outcome.accepted, outcome.duplicates = result.accepted, result.duplicates
@@ -151,7 +143,7 @@ def reading_batch_ingest(
 
 
 def readings_matching_stored(
-    *, patient_id: int, readings: Sequence[services.ResolvedReading]
+    *, patient_id: int, readings: Sequence[ReadingInput]
 ) -> list[GlucoseReading | None]:
     """For each reading just ingested, the stored row it became or duplicated (for Nightscout `_id`s)."""
     if not readings:

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from glucoscope.readings.models import GlucoseReading, NightscoutDocument, PatientOutbox, PatientSummary, Treatment
+from glucoscope.readings.validation import ReadingInput
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +43,6 @@ _STAGE_COLUMNS = (
 _STAGE_TYPES = ("int8", "int8", "timestamptz", "float8", "text", "text", "float8", "bool")
 
 
-@dataclass(slots=True)
-class ResolvedReading:
-    """A validated reading bound to a patient (and device) the caller may write for."""
-
-    patient_id: int
-    device_id: int | None
-    measured_at: datetime
-    value_mgdl: float | None
-    sensor_flag: str
-    direction: str = ""
-    trend_rate: float | None = None
-    is_calibration: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     accepted: int
@@ -63,15 +50,15 @@ class IngestResult:
     patient_ids: frozenset[int]
 
 
-def _drop_in_batch_near_duplicates(readings: Iterable[ResolvedReading]) -> list[ResolvedReading]:
+def _drop_in_batch_near_duplicates(readings: Iterable[ReadingInput]) -> list[ReadingInput]:
     """The SQL duplicate check cannot see rows of its own statement, so the batch is cleaned first.
 
     A reading is a near duplicate of an earlier kept one with the same patient, value,
     flag and kind when they are less than 60 s apart.
     """
-    kept: list[ResolvedReading] = []
-    last_kept_at: dict[tuple[int, float | None, str, bool], datetime] = {}
-    for reading in sorted(readings, key=lambda r: (r.patient_id, r.measured_at)):
+    kept: list[ReadingInput] = []
+    last_kept_at: dict[tuple[int | None, float | None, str, bool], datetime] = {}
+    for reading in sorted(readings, key=lambda r: (r.patient_id or 0, r.measured_at)):
         key = (reading.patient_id, reading.value_mgdl, reading.sensor_flag, reading.is_calibration)
         previous = last_kept_at.get(key)
         if previous is not None and reading.measured_at - previous < NEAR_DUPLICATE_WINDOW:
@@ -100,7 +87,7 @@ def prepare_connection(sender: object, connection: object, **kwargs: object) -> 
             cursor.execute(_PG_STAGE_TABLE)
 
 
-def _stage_rows(cursor, readings: Sequence[ResolvedReading]) -> None:  # type: ignore[no-untyped-def]
+def _stage_rows(cursor, readings: Sequence[ReadingInput]) -> None:  # type: ignore[no-untyped-def]
     columns = ", ".join(_STAGE_COLUMNS)
     if _is_postgres():
         # Binary COPY: psycopg's C dumpers format timestamps far faster than text COPY.
@@ -134,7 +121,9 @@ def _stage_rows(cursor, readings: Sequence[ResolvedReading]) -> None:  # type: i
 
 # One statement for the whole batch: exact duplicates fall to the unique index
 # (ON CONFLICT DO NOTHING), near duplicates already stored to NOT EXISTS, which the
-# (patient, measured_at, device) index answers with a short range scan.
+# (patient, measured_at, device) index answers with a short range scan per staged row.
+# `LIMIT 1 OFFSET 0` keeps the subquery correlated: without it PostgreSQL turns NOT EXISTS
+# into a hash anti-join that reads the whole readings table on every batch.
 _INSERT_FROM_STAGE_TEMPLATE = f"""
 INSERT INTO {_READING_TABLE}
     (patient_id, device_id, measured_at, value_mgdl, sensor_flag, direction, trend_rate,
@@ -149,6 +138,7 @@ WHERE NOT EXISTS (
       AND COALESCE(r.value_mgdl, -1) = COALESCE(s.value_mgdl, -1)
       AND r.sensor_flag = s.sensor_flag
       AND r.is_calibration = s.is_calibration
+    LIMIT 1 OFFSET 0
 )
 ON CONFLICT DO NOTHING
 RETURNING patient_id
@@ -165,8 +155,10 @@ _INSERT_FROM_STAGE = {
 }
 
 
-def readings_ingest(*, readings: Sequence[ResolvedReading], source: str) -> IngestResult:
+def readings_ingest(*, readings: Sequence[ReadingInput], source: str) -> IngestResult:
     """Store a batch of readings once, whatever the retries and the number of uploaders.
+
+    Every reading must already be bound to a patient the caller may write for (patient_id set).
 
     Returns how many were stored and how many were (exact or near) duplicates. The
     patients that got new readings are marked in the outbox in the same transaction and
@@ -182,7 +174,7 @@ def readings_ingest(*, readings: Sequence[ResolvedReading], source: str) -> Inge
             # sensor reading at the same instant cannot both pass the NOT EXISTS check.
             cursor.execute(
                 "SELECT pg_advisory_xact_lock(%s, p) FROM unnest(%s::int[]) AS p ORDER BY p",
-                [_INGEST_LOCK_CLASS, sorted({r.patient_id for r in unique})],
+                [_INGEST_LOCK_CLASS, sorted({r.patient_id for r in unique if r.patient_id is not None})],
             )
         _stage_rows(cursor, unique)
         cursor.execute(_INSERT_FROM_STAGE[connection.vendor], [source, received_at])
