@@ -51,6 +51,7 @@ class Command(BaseCommand):
         parser.add_argument("--patients", type=int, default=100, help="patients the vendor posts for (default 100)")
         parser.add_argument("--single-requests", type=int, default=500, help="single-reading POSTs (default 500)")
         parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+        parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; the best is reported (default 3)")
         parser.add_argument("--force", action="store_true", help="allow a database whose name lacks 'bench'")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -61,22 +62,36 @@ class Command(BaseCommand):
         if "bench" not in name and not options["force"]:
             raise CommandError(f"Refusing to truncate readings in database {name!r}; use a *bench* database or --force")
         self.rows = options["rows"]
+        self.repeat = max(1, options["repeat"])
         self.vendor_key, self.patient_ids, self.device_ids, self.serials, self.app_token = self._fixtures(options["patients"])
         self.clock = timezone.now() - timedelta(days=1)
         results: list[tuple[str, int, int, float]] = []
 
-        for batch in (1_000, 10_000):
-            self._reset()
-            results.append(("psycopg COPY (ceiling)", batch, self.rows, self._copy(batch)))
-            self._reset()
-            results.append(("COPY + INSERT ON CONFLICT (ceiling)", batch, self.rows, self._bare_insert(batch)))
+        repeat = max(1, options["repeat"])
+
+        def best(measure: Any) -> float:
+            # Best of N, for every scenario alike: on a shared 2-core machine the minimum is the
+            # least disturbed run, and taking it for ceilings and API both keeps the ratio fair.
+            times = []
+            for _ in range(repeat):
+                self._reset()
+                times.append(measure())
+            return min(times)
+
         single: dict[str, float] = {}
         with self._server(options["workers"]) as base_url:
             for batch in (1_000, 10_000):
-                self._reset()
-                seconds, bodies = self._api_bulk(base_url, batch)
-                results.append(("API POST /api/v1/readings", batch, self.rows, seconds))
-                results.append(("API re-post (all duplicates)", batch, self.rows, self._api_repost(base_url, bodies)))
+                results.append(("psycopg COPY (ceiling)", batch, self.rows, best(lambda: self._copy(batch))))
+                results.append(("COPY + INSERT ON CONFLICT (ceiling)", batch, self.rows, best(lambda: self._bare_insert(batch))))
+                bodies_seen: list[list[bytes]] = []
+
+                def api_run() -> float:
+                    seconds, bodies = self._api_bulk(base_url, batch)
+                    bodies_seen.append(bodies)
+                    return seconds
+
+                results.append(("API POST /api/v1/readings", batch, self.rows, best(api_run)))
+                results.append(("API re-post (all duplicates)", batch, self.rows, self._api_repost(base_url, bodies_seen[-1])))
             single = self._api_single(base_url, options["single_requests"])
         self._reset()
         if settings.REDIS_URL:
@@ -205,6 +220,7 @@ class Command(BaseCommand):
 
     def _api_bulk(self, base_url: str, batch: int) -> tuple[float, list[bytes]]:
         bodies = self._bodies(batch)
+        self._reset()
         seconds = self._post_all(base_url, bodies, f"API {batch}")
         stored = GlucoseReading.objects.count()
         if stored != self.rows:
@@ -237,7 +253,7 @@ class Command(BaseCommand):
     def _print(self, results: list[tuple[str, int, int, float]], single: dict[str, float]) -> None:
         rate = {(name, batch): rows / seconds for name, batch, rows, seconds in results}
         self.stdout.write(f"Ingest benchmark on PostgreSQL {connection.pg_version // 10000}, "
-                          f"{os.cpu_count()} CPU cores, {len(self.patient_ids)} patients, {self.rows:,} rows per scenario\n")
+                          f"{os.cpu_count()} CPU cores, {len(self.patient_ids)} patients, {self.rows:,} rows per scenario, best of {self.repeat}\n")
         self.stdout.write(f"| scenario | batch | rows | seconds | readings/s | × COPY | × bare insert |")
         self.stdout.write("|---|---:|---:|---:|---:|---:|---:|")
         for name, batch, rows, seconds in results:
