@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
-	$(BIN)/mypy glucoscope api
+	DEBUG=true $(BIN)/mypy glucoscope api
 
 ## make bench-ingest: HTTP ingest throughput against PostgreSQL, next to COPY and bare-insert ceilings.
 bench-ingest: export SECRET_KEY ?= bench-only-secret-key-not-for-production-0123456789

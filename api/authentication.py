@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -60,7 +60,7 @@ class VendorApiKeyAuthentication(authentication.BaseAuthentication):
             return None
         key = key.strip()
         try:
-            api_key = VendorApiKey.objects.get_from_key(key)
+            api_key = cast(VendorApiKey, VendorApiKey.objects.get_from_key(key))
         except VendorApiKey.DoesNotExist:
             raise exceptions.AuthenticationFailed(ERR_BAD_API_KEY) from None
         if api_key.has_expired:

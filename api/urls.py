@@ -3,7 +3,6 @@ from django.urls import path, re_path
 from api import views
 from api.nightscout import views as ns
 
-
 v1 = [
     path("auth/token", views.TokenObtainApi.as_view(), name="token"),
     path("auth/token/refresh", views.TokenRefreshApi.as_view(), name="token-refresh"),

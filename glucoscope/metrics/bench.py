@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -44,13 +45,13 @@ def main(argv: list[str] | None = None) -> None:
         v, t = _series(days)
         s = clean_series(v, t)
         cells = {
-            "compute_summary": _ms(lambda v=v, t=t: compute_summary(v, t), args.repeat),
-            "mage": _ms(lambda s=s: mage(s.values, s.t_abs), args.repeat),
-            "conga1": _ms(lambda s=s: conga(s.values, s.t_abs), args.repeat),
-            "modd": _ms(lambda s=s: modd(s.values, s.t_abs), args.repeat),
-            "lbgi/hbgi": _ms(lambda s=s: lbgi_hbgi(s.values), args.repeat),
-            "agp 15-min": _ms(lambda v=v, t=t: agp_profile(v, t), args.repeat),
-            "daily": _ms(lambda v=v, t=t: daily_profiles(v, t), args.repeat),
+            "compute_summary": _ms(partial(compute_summary, v, t), args.repeat),
+            "mage": _ms(partial(mage, s.values, s.t_abs), args.repeat),
+            "conga1": _ms(partial(conga, s.values, s.t_abs), args.repeat),
+            "modd": _ms(partial(modd, s.values, s.t_abs), args.repeat),
+            "lbgi/hbgi": _ms(partial(lbgi_hbgi, s.values), args.repeat),
+            "agp 15-min": _ms(partial(agp_profile, v, t), args.repeat),
+            "daily": _ms(partial(daily_profiles, v, t), args.repeat),
         }
         rows.append((days, v.size, cells))
     names = list(rows[0][2])

@@ -45,7 +45,7 @@ class VendorOrganizationAdmin(admin.ModelAdmin):
 
 @admin.register(models.VendorApiKey)
 class VendorApiKeyAdmin(APIKeyModelAdmin):
-    list_display = (*APIKeyModelAdmin.list_display, "vendor", "last_used_at")
+    list_display = [*APIKeyModelAdmin.list_display, "vendor", "last_used_at"]  # type: ignore[assignment]
 
 
 @admin.register(models.Device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import cast
 
 from django.db import transaction
 from django.utils import timezone
@@ -63,7 +64,8 @@ def consent_revoke(*, patient: Patient, care_team: CareTeam) -> int:
 
 def vendor_api_key_create(*, vendor: VendorOrganization, name: str) -> tuple[VendorApiKey, str]:
     """Returns the key object and the plaintext key, which is shown this once and never stored."""
-    return VendorApiKey.objects.create_key(name=name, vendor=vendor)
+    api_key, plaintext = VendorApiKey.objects.create_key(name=name, vendor=vendor)
+    return cast(VendorApiKey, api_key), plaintext
 
 
 def vendor_api_key_revoke(*, vendor: VendorOrganization, name: str) -> int:

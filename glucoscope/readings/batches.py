@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -171,4 +171,4 @@ def readings_matching_stored(
     return matches
 
 
-__all__ = ["Uploader", "BatchOutcome", "reading_batch_ingest", "readings_matching_stored", "ReadingSource"]
+__all__ = ["BatchOutcome", "ReadingSource", "Uploader", "reading_batch_ingest", "readings_matching_stored"]

@@ -25,7 +25,7 @@ class ImportFormatError(ValueError):
 def open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the caller's with-block
+    return open(path, encoding="utf-8", newline="")
 
 
 def iter_generic_rows(path: Path, *, subject: str | None = None) -> Iterator[tuple[str, str, str]]:

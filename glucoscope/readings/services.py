@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -208,7 +209,7 @@ def outbox_mark(*, patient_ids: Iterable[int], cursor=None) -> None:  # type: ig
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         sql = _OUTBOX_UPSERT.format(values=", ".join(["(%s, %s, 1, 0, NULL)"] * len(chunk)))
-        params: list[object] = []
+        params: list[Any] = []
         for patient_id in chunk:
             params.extend([patient_id, now])
         if cursor is None:
@@ -226,7 +227,7 @@ def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | N
     now = timezone.now()
     placeholders = ", ".join(["%s"] * len(patient_ids))
     condition = "enqueued_at IS NULL" if stale_before is None else "(enqueued_at IS NULL OR enqueued_at < %s)"
-    params: list[object] = [now, *patient_ids] + ([stale_before] if stale_before else [])
+    params: list[Any] = [now, *patient_ids] + ([stale_before] if stale_before else [])
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {_OUTBOX_TABLE} SET enqueued_at = %s, attempts = attempts + 1"
@@ -374,7 +375,7 @@ def treatments_ingest(
             )
             row = cursor.fetchone()
             new_ids.append(row[0] if row else None)
-        outbox_mark(patient_ids={t.patient_id for t, new_id in zip(treatments, new_ids) if new_id}, cursor=cursor)
+        outbox_mark(patient_ids={t.patient_id for t, new_id in zip(treatments, new_ids, strict=True) if new_id}, cursor=cursor)
     return new_ids
 
 

@@ -14,15 +14,15 @@ from glucoscope.readings import services
 from glucoscope.readings.batches import ERR_PATIENT_NOT_ALLOWED, ERR_PATIENT_REQUIRED, BatchOutcome
 from glucoscope.readings.models import ReadingSource
 from glucoscope.readings.validation import (
+    ERR_CARBS,
+    ERR_INSULIN,
+    ERR_NOT_OBJECT,
     FieldErrors,
     TreatmentInput,
     parse_native_treatment,
     parse_optional_number,
     parse_timestamp,
     parse_treatment_amounts,
-    ERR_CARBS,
-    ERR_INSULIN,
-    ERR_NOT_OBJECT,
 )
 
 
@@ -135,6 +135,6 @@ def nightscout_treatment_batch_ingest(*, patient_id: int, items: Sequence[Any]) 
         for t in Treatment.objects.filter(patient_id=patient_id, occurred_at__in={r.occurred_at for r in rows})
     }
     first_id: dict[int, int | None] = {}
-    for owner, row in zip(row_owner, rows, strict=True):
-        first_id.setdefault(owner, ids_by_key.get((row.occurred_at, row.kind)))
+    for owner, stored_row in zip(row_owner, rows, strict=True):
+        first_id.setdefault(owner, ids_by_key.get((stored_row.occurred_at, stored_row.kind)))
     return [first_id.get(index) for index in range(len(items))], rejected

@@ -213,7 +213,11 @@ def _parse_native_reading_fast(index: int, item: dict[str, Any], now: datetime) 
     if len(item) > 6 or "trend_rate" in item:
         return None
     stamp, value, unit = item.get("timestamp"), item.get("value"), item.get("unit")
-    if type(stamp) is not str or unit not in _UNITS_VERBATIM or type(value) not in (int, float):
+    if type(stamp) is not str or unit not in _UNITS_VERBATIM:
+        return None
+    if type(value) is int or type(value) is float:
+        number = float(value)
+    else:
         return None
     try:
         moment = datetime.fromisoformat(stamp)
@@ -224,7 +228,7 @@ def _parse_native_reading_fast(index: int, item: dict[str, Any], now: datetime) 
     moment = moment.astimezone(timezone.utc)
     if not OLDEST_ACCEPTED <= moment <= now + MAX_CLOCK_SKEW:
         return None
-    mgdl = value * MGDL_PER_MMOLL if unit == "mmol/L" else float(value)
+    mgdl = number * MGDL_PER_MMOLL if unit == "mmol/L" else number
     if not MIN_GLUCOSE_MGDL <= mgdl <= MAX_GLUCOSE_MGDL:
         return None
     trend = item.get("trend")
@@ -333,4 +337,7 @@ def parse_native_treatment(index: int, item: Any, *, now: datetime) -> Treatment
         errors["note"] = [ERR_NOTE_REQUIRED]
     if errors or occurred_at is None:
         return errors
-    return TreatmentInput(index, patient_id, occurred_at, str(kind), note=note, **amounts)
+    return TreatmentInput(
+        index, patient_id, occurred_at, str(kind), carbs_g=amounts["carbs_g"], insulin_units=amounts["insulin_units"],
+        basal_rate_u_per_h=amounts["basal_rate_u_per_h"], duration_minutes=amounts["duration_minutes"], note=note,
+    )

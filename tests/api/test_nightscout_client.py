@@ -44,5 +44,5 @@ def test_python_nightscout_reads_entries_treatments_and_profiles(live_server, se
     assert treatments[0].timestamp == now
 
     wrong = nightscout.Api(f"{live_server.url}/nightscout", api_secret="not-the-secret")
-    with pytest.raises(Exception):  # the client raises when it gets the 401 body instead of a list
+    with pytest.raises(AttributeError):  # the client cannot parse the 401 body as a list of entries
         [s.sgv for s in wrong.get_sgvs()]

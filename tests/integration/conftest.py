@@ -73,7 +73,7 @@ def celery_worker_process(real_services: None, transactional_db: None, tmp_path:
 
     app.control.purge()
     log_path = tmp_path / "worker.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in the teardown below
+    log = open(log_path, "wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "glucoscope", "worker", "-Q", "ingest,forecasting,notifications",
          "--pool=solo", "--concurrency=1", "--without-gossip", "--without-mingle", "-n", f"it-{os.getpid()}@%h",
