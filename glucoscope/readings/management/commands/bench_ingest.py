@@ -252,7 +252,7 @@ class Command(BaseCommand):
 
     def _print(self, results: list[tuple[str, int, int, float]], single: dict[str, float]) -> None:
         rate = {(name, batch): rows / seconds for name, batch, rows, seconds in results}
-        self.stdout.write(f"Ingest benchmark on PostgreSQL {getattr(connection, "pg_version", 0) // 10000}, "
+        self.stdout.write(f"Ingest benchmark on PostgreSQL {getattr(connection, 'pg_version', 0) // 10000}, "
                           f"{os.cpu_count()} CPU cores, {len(self.patient_ids)} patients, {self.rows:,} rows per scenario, best of {self.repeat}\n")
         self.stdout.write("| scenario | batch | rows | seconds | readings/s | × COPY | × bare insert |")
         self.stdout.write("|---|---:|---:|---:|---:|---:|---:|")
