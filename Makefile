@@ -33,6 +33,8 @@ test: export SECURE_SSL_REDIRECT ?= false
 test: install
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/ruff check .
+	DEBUG=true $(BIN)/mypy glucoscope api
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
