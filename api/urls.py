@@ -1,12 +1,16 @@
 from django.urls import path, re_path
 
-from api import views
+from api import sharing, views
 from api.nightscout import views as ns
 
 v1 = [
     path("auth/token", views.TokenObtainApi.as_view(), name="token"),
     path("auth/token/refresh", views.TokenRefreshApi.as_view(), name="token-refresh"),
     path("me", views.MeApi.as_view(), name="me"),
+    path("me/consents", sharing.ConsentListApi.as_view(), name="my-consents"),
+    path("me/consents/<int:care_team_id>", sharing.ConsentDetailApi.as_view(), name="my-consent"),
+    path("me/caregivers", sharing.CaregiverListApi.as_view(), name="my-caregivers"),
+    path("me/caregivers/<int:caregiver_id>", sharing.CaregiverDetailApi.as_view(), name="my-caregiver"),
     path("patients", views.PatientListApi.as_view(), name="patients"),
     path("patients/<int:patient_id>/readings", views.PatientReadingsApi.as_view(), name="patient-readings"),
     path("patients/<int:patient_id>/summary", views.PatientSummaryApi.as_view(), name="patient-summary"),

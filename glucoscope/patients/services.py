@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from glucoscope.patients.credentials import nightscout_secret_digest, nightscout_token_digest
 from glucoscope.patients.models import (
+    CaregiverLink,
     CareTeam,
     CareTeamConsent,
     CareTeamMembership,
@@ -58,6 +59,39 @@ def consent_grant(*, patient: Patient, care_team: CareTeam) -> CareTeamConsent:
 
 def consent_revoke(*, patient: Patient, care_team: CareTeam) -> int:
     return CareTeamConsent.objects.filter(patient=patient, care_team=care_team, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
+ERR_NO_SUCH_CAREGIVER = "No caregiver account with this username."
+ERR_NO_SUCH_CARE_TEAM = "No care team with this id."
+
+
+class SharingError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def consent_grant_by_id(*, patient: Patient, care_team_id: int) -> CareTeamConsent:
+    care_team = CareTeam.objects.filter(pk=care_team_id).first()
+    if care_team is None:
+        raise SharingError("care_team", ERR_NO_SUCH_CARE_TEAM)
+    return consent_grant(patient=patient, care_team=care_team)
+
+
+def caregiver_invite(*, patient: Patient, username: str) -> CaregiverLink:
+    """Give a caregiver account read access to the patient (re-inviting restores a revoked link)."""
+    caregiver = User.objects.filter(username=username, role=Role.CAREGIVER, is_active=True).first()
+    if caregiver is None:
+        raise SharingError("username", ERR_NO_SUCH_CAREGIVER)
+    link, _ = CaregiverLink.objects.update_or_create(patient=patient, caregiver=caregiver, defaults={"revoked_at": None})
+    return link
+
+
+def caregiver_revoke(*, patient: Patient, caregiver_id: int) -> int:
+    return CaregiverLink.objects.filter(patient=patient, caregiver_id=caregiver_id, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
 

@@ -37,7 +37,16 @@ def people_only(**people: int) -> dict[str, int]:
 PATIENT_SCOPED_READ = people_only(other_patient=404, other_clinician=404, revoked_clinician=404, staff=404)
 NIGHTSCOUT_ONLY = {**everyone(401), "nightscout": 200}
 
+# A patient's own sharing controls: only patients, each acting on their own record.
+PATIENTS_ONLY = {**everyone(403), "anonymous": 401, "nightscout": 401}
+
 EXPECTED: dict[tuple[str, str], dict[str, int]] = {
+    ("v1:my-consents", "get"): {**PATIENTS_ONLY, "patient": 200, "other_patient": 200},
+    ("v1:my-consents", "post"): {**PATIENTS_ONLY, "patient": 201, "other_patient": 201},
+    ("v1:my-consent", "delete"): {**PATIENTS_ONLY, "patient": 204, "other_patient": 404},
+    ("v1:my-caregivers", "get"): {**PATIENTS_ONLY, "patient": 200, "other_patient": 200},
+    ("v1:my-caregivers", "post"): {**PATIENTS_ONLY, "patient": 201, "other_patient": 201},
+    ("v1:my-caregiver", "delete"): {**PATIENTS_ONLY, "patient": 204, "other_patient": 404},
     ("healthz", "get"): everyone(200),
     ("schema", "get"): everyone(200),
     ("api-docs", "get"): everyone(200),
@@ -99,13 +108,15 @@ def test_every_route_has_an_access_decision() -> None:
 _clock = count()
 
 
-def request_body(name: str, world: World) -> Any:
+def request_body(name: str, world: World, team_id: int) -> Any:
     # Each call gets its own instant, so repeated calls are never duplicates of each other.
     moment = timezone.now() - timedelta(seconds=90 * next(_clock) + 90)
     ms = int(moment.timestamp() * 1000)
     return {
         "v1:token": {"username": "alice", "password": "correct-horse-battery"},
         "v1:token-refresh": {"refresh": str(RefreshToken.for_user(world.alice.user))},
+        "v1:my-consents": {"care_team": team_id},
+        "v1:my-caregivers": {"username": world.caregiver.username},
         "v1:readings": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "value": 100, "unit": "mg/dL"},
         "v1:treatments": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "kind": "carbs", "carbs_g": 10},
         "nightscout:ns-entries": [{"type": "sgv", "sgv": 100, "date": ms}],
@@ -120,12 +131,16 @@ def request_body(name: str, world: World) -> Any:
 @pytest.mark.parametrize("route", sorted(EXPECTED), ids=lambda r: f"{r[1].upper()} {r[0]}")
 def test_access_matrix(world: World, route: tuple[str, str]) -> None:
     name, method = route
-    kwargs = {"patient_id": world.alice.pk} if name.startswith("v1:patient-") else {}
+    team_id = world.alice.consents.filter(revoked_at__isnull=True).get().care_team_id
+    kwargs: dict[str, int] = {
+        "v1:my-consent": {"care_team_id": team_id},
+        "v1:my-caregiver": {"caregiver_id": world.caregiver.pk},
+    }.get(name, {"patient_id": world.alice.pk} if name.startswith("v1:patient-") else {})
     url = reverse(name, kwargs=kwargs)
     failures = []
     for role, expected in EXPECTED[route].items():
         client = world.client(role)
-        body = request_body(name, world)
+        body = request_body(name, world, team_id)
         if method == "get":
             response = client.get(url)
         else:
