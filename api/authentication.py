@@ -19,16 +19,29 @@ ERR_BAD_NIGHTSCOUT_SECRET = "Unknown api-secret or token."
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+class MachinePrincipal:
+    """request.user for a credential that is not a person; person-only permissions refuse it.
+
+    `pk` keys the per-credential throttles.
+    """
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    role = ""
+
+    @property
+    def pk(self) -> str:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, slots=True)
-class VendorPrincipal:
-    """request.user for a vendor key. It is not a person, so person-only permissions refuse it."""
+class VendorPrincipal(MachinePrincipal):
+    """A vendor organisation's server, identified by one of its API keys."""
 
     vendor_id: int
     key_id: str
-    is_authenticated: bool = True
-    is_anonymous: bool = False
-    is_active: bool = True
-    role: str = "vendor"
+    role = "vendor"
 
     @property
     def pk(self) -> str:
@@ -36,14 +49,11 @@ class VendorPrincipal:
 
 
 @dataclass(frozen=True, slots=True)
-class NightscoutPrincipal:
-    """request.user for a Nightscout uploader: the credential identifies one patient."""
+class NightscoutPrincipal(MachinePrincipal):
+    """A Nightscout uploader: the credential identifies one patient."""
 
     patient_id: int
-    is_authenticated: bool = True
-    is_anonymous: bool = False
-    is_active: bool = True
-    role: str = "nightscout"
+    role = "nightscout"
 
     @property
     def pk(self) -> str:

@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from glucoscope.readings.models import GlucoseReading, NightscoutDocument, PatientOutbox, PatientSummary, Treatment
-from glucoscope.readings.validation import ReadingInput
+from glucoscope.readings.validation import ReadingInput, TreatmentInput
 
 logger = logging.getLogger(__name__)
 
@@ -335,24 +335,13 @@ _TREATMENT_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedTreatment:
-    patient_id: int
-    occurred_at: datetime
-    kind: str
-    carbs_g: float | None = None
-    insulin_units: float | None = None
-    basal_rate_u_per_h: float | None = None
-    duration_minutes: float | None = None
-    note: str = ""
-    event_type: str = ""
-    entered_by_label: str = ""
-
-
 def treatments_ingest(
-    *, treatments: Sequence[ResolvedTreatment], source: str, entered_by_id: int | None
+    *, treatments: Sequence[TreatmentInput], source: str, entered_by_id: int | None
 ) -> list[int | None]:
-    """Store treatments once (unique per patient, time and kind); returns the new id or None per item."""
+    """Store treatments once (unique per patient, time and kind); returns the new id or None per item.
+
+    Every treatment must already be bound to a patient the caller may write for (patient_id set).
+    """
 
     if not treatments:
         return []
@@ -375,7 +364,7 @@ def treatments_ingest(
             )
             row = cursor.fetchone()
             new_ids.append(row[0] if row else None)
-        outbox_mark(patient_ids={t.patient_id for t, new_id in zip(treatments, new_ids, strict=True) if new_id}, cursor=cursor)
+        outbox_mark(patient_ids={t.patient_id for t, new_id in zip(treatments, new_ids, strict=True) if new_id and t.patient_id}, cursor=cursor)
     return new_ids
 
 

@@ -26,19 +26,9 @@ from glucoscope.readings.validation import (
 )
 
 
-def _resolved(item: TreatmentInput, patient_id: int) -> services.ResolvedTreatment:
-    return services.ResolvedTreatment(
-        patient_id=patient_id,
-        occurred_at=item.occurred_at,
-        kind=item.kind,
-        carbs_g=item.carbs_g,
-        insulin_units=item.insulin_units,
-        basal_rate_u_per_h=item.basal_rate_u_per_h,
-        duration_minutes=item.duration_minutes,
-        note=item.note,
-        event_type=item.event_type,
-        entered_by_label=item.entered_by_label,
-    )
+def _bind(item: TreatmentInput, patient_id: int) -> TreatmentInput:
+    item.patient_id = patient_id
+    return item
 
 
 def treatment_batch_ingest(*, user: User, items: Sequence[Any]) -> BatchOutcome:
@@ -55,7 +45,7 @@ def treatment_batch_ingest(*, user: User, items: Sequence[Any]) -> BatchOutcome:
     own_patient_id = user.patient.pk if user.role == Role.PATIENT and hasattr(user, "patient") else None
     wanted = {item.patient_id for item in parsed if item.patient_id is not None}
     allowed = set(patients_writable_for_treatments(user=user).filter(pk__in=wanted).values_list("pk", flat=True))
-    to_store: list[services.ResolvedTreatment] = []
+    to_store: list[TreatmentInput] = []
     for item in parsed:
         patient_id = item.patient_id if item.patient_id is not None else own_patient_id
         if patient_id is None:
@@ -64,7 +54,7 @@ def treatment_batch_ingest(*, user: User, items: Sequence[Any]) -> BatchOutcome:
             outcome.rejected.append({"index": item.index, "errors": {"patient": [ERR_PATIENT_NOT_ALLOWED]}})
         else:
             item.entered_by_label = item.entered_by_label or user.username
-            to_store.append(_resolved(item, patient_id))
+            to_store.append(_bind(item, patient_id))
     outcome.rejected.sort(key=lambda entry: entry["index"])
     new_ids = services.treatments_ingest(treatments=to_store, source=ReadingSource.APP, entered_by_id=user.pk)
     outcome.accepted = sum(1 for new_id in new_ids if new_id)
@@ -119,7 +109,7 @@ def nightscout_treatment_batch_ingest(*, patient_id: int, items: Sequence[Any]) 
 
     now = timezone.now()
     rejected: list[dict[str, Any]] = []
-    rows: list[services.ResolvedTreatment] = []
+    rows: list[TreatmentInput] = []
     row_owner: list[int] = []
     for index, item in enumerate(items):
         result = parse_nightscout_treatment(index, item, now=now)
@@ -127,7 +117,7 @@ def nightscout_treatment_batch_ingest(*, patient_id: int, items: Sequence[Any]) 
             rejected.append({"index": index, "errors": result})
             continue
         for row in result:
-            rows.append(_resolved(row, patient_id))
+            rows.append(_bind(row, patient_id))
             row_owner.append(index)
     services.treatments_ingest(treatments=rows, source=ReadingSource.NIGHTSCOUT, entered_by_id=None)
     ids_by_key = {
