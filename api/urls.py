@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from api import sharing, views
+from api import forecasts, sharing, views
 from api.nightscout import views as ns
 
 v1 = [
@@ -15,6 +15,8 @@ v1 = [
     path("patients/<int:patient_id>/readings", views.PatientReadingsApi.as_view(), name="patient-readings"),
     path("patients/<int:patient_id>/summary", views.PatientSummaryApi.as_view(), name="patient-summary"),
     path("patients/<int:patient_id>/treatments", views.PatientTreatmentsApi.as_view(), name="patient-treatments"),
+    path("patients/<int:patient_id>/forecast", forecasts.PatientForecastApi.as_view(), name="patient-forecast"),
+    path("patients/<int:patient_id>/forecasts", forecasts.PatientForecastHistoryApi.as_view(), name="patient-forecasts"),
     path("readings", views.ReadingIngestApi.as_view(), name="readings"),
     path("treatments", views.TreatmentIngestApi.as_view(), name="treatments"),
 ]

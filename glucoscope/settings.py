@@ -153,7 +153,10 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "readings.sweep_outbox": {"task": "readings.sweep_outbox", "schedule": 60.0},
+    "forecasting.sweep_stale": {"task": "forecasting.sweep_stale", "schedule": 300.0},
 }
+# The stage that follows the summary refresh after every ingest; it releases the outbox rows.
+AFTER_INGEST_TASK = env_str("AFTER_INGEST_TASK", "forecasting.tasks.forecast_patients")
 # How long an enqueued outbox row may stay unprocessed before the sweeper enqueues it again.
 OUTBOX_STALE_AFTER = timedelta(seconds=env_int("OUTBOX_STALE_AFTER_SECONDS", 120))
 
@@ -225,6 +228,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Forecasting: the model shipped in the repository is registered and activated on first use.
+FORECASTER_DEFAULT_ARTIFACT = "forecasting/artifacts/forecaster.json"
+# Probability of <70 mg/dL within 30 min at which a `predicted_low` event is raised. A product
+# setting, not a clinical threshold: tune it against the false-alert figures in docs/forecasting.md.
+PREDICTED_LOW_RISK_THRESHOLD = float(env_str("PREDICTED_LOW_RISK_THRESHOLD", "0.5") or 0.5)
 
 # The team's shared CGM data (see ../shared/data/README.md); commands skip it when absent.
 SHARED_DATA_DIR = Path(env_str("SHARED_DATA_DIR") or BASE_DIR.parent / "shared" / "data")

@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from glucoscope.readings.models import GlucoseReading, NightscoutDocument, PatientOutbox, PatientSummary, Treatment
 from glucoscope.readings.validation import ReadingInput, TreatmentInput
@@ -316,15 +317,28 @@ def patient_summary_refresh(*, patient_id: int) -> PatientSummary:
 
 
 def patients_process(*, patient_ids: Sequence[int]) -> None:
-    """Everything that follows an ingest, for a group of patients. Idempotent: safe to run twice.
+    """The first stage after an ingest, for a group of patients. Idempotent: safe to run twice.
 
-    The outbox versions are read before any data, so readings committed while this runs
-    leave their rows in place and cause another run.
+    The outbox versions are read before any data, so readings committed while the pipeline
+    runs leave their rows in place and cause another run. The next stage (AFTER_INGEST_TASK,
+    the forecaster, on its own queue) releases the rows when it is done, so a patient has at
+    most one pipeline run in flight.
     """
     versions = outbox_versions(patient_ids=patient_ids)
     for patient_id in patient_ids:
         patient_summary_refresh(patient_id=patient_id)
-    outbox_complete(versions=versions)
+    if not settings.AFTER_INGEST_TASK:
+        outbox_complete(versions=versions)
+        return
+    next_stage = import_string(settings.AFTER_INGEST_TASK)
+    next_stage.apply_async(args=[list(patient_ids), {str(k): v for k, v in versions.items()}])
+
+
+def patients_mark_for_processing(*, patient_ids: Sequence[int]) -> int:
+    """Run the after-ingest pipeline for these patients as if they had new data."""
+    with transaction.atomic():
+        outbox_mark(patient_ids=patient_ids)
+    return len(patient_ids)
 
 
 # --- Treatments ---------------------------------------------------------------

@@ -57,6 +57,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("v1:patient-readings", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-summary", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-treatments", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-forecast", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-forecasts", "get"): PATIENT_SCOPED_READ,
     # Readings: the patient's own app or a linked vendor. Others with a person token are refused
     # outright; a patient or vendor naming someone else's patient gets the item rejected (400).
     ("v1:readings", "post"): {**everyone(403), "anonymous": 401, "nightscout": 401, "patient": 200, "vendor": 200,

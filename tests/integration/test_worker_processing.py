@@ -32,13 +32,18 @@ def summary_count(patient_id: int) -> int:
     return summary.readings_last_24h if summary else 0
 
 
-def test_a_posted_reading_is_processed_by_the_worker(celery_worker_process: subprocess.Popen[bytes]) -> None:
+def test_a_posted_reading_is_processed_by_the_worker_into_a_forecast(celery_worker_process: subprocess.Popen[bytes]) -> None:
+    from forecasting.models import Forecast
+
     patient = PatientFactory()
-    response = post_readings(patient, [10, 5, 0])
-    assert response.status_code == 200 and response.json()["accepted"] == 3
-    wait_for(lambda: summary_count(patient.pk) == 3, what="the worker to refresh the summary")
+    response = post_readings(patient, list(range(60, -1, -5)))
+    assert response.status_code == 200 and response.json()["accepted"] == 13
+    wait_for(lambda: summary_count(patient.pk) == 13, what="the worker to refresh the summary")
     summary = PatientSummary.objects.get(patient=patient)
     assert summary.latest_reading.value_mgdl == 120
+    wait_for(lambda: Forecast.objects.filter(patient=patient).exists(), what="the worker to store a forecast")
+    forecast = Forecast.objects.get(patient=patient)
+    assert forecast.status == "ok" and len(forecast.points) == 24 and forecast.origin == summary.latest_reading.measured_at
     wait_for(lambda: not PatientOutbox.objects.filter(patient=patient).exists(), what="the outbox row to be cleared")
 
 
@@ -107,13 +112,19 @@ def test_the_same_batch_posted_twice_concurrently_is_stored_once(real_services: 
     assert GlucoseReading.objects.filter(patient=patient).count() == 200
 
 
-def test_the_same_task_delivered_twice_has_one_effect(real_services: None, transactional_db: None) -> None:
+def test_the_same_task_delivered_twice_has_one_effect(real_services: None, transactional_db: None, settings) -> None:  # type: ignore[no-untyped-def]
+    from forecasting.models import Forecast
+    from glucoscope.celery import app
     from glucoscope.readings.tasks import process_patients
 
+    # Both pipeline stages run in this process, on PostgreSQL, as a redelivered task would.
+    app.conf.task_always_eager = True
+    settings.CELERY_TASK_ALWAYS_EAGER = True
     patient = PatientFactory()
     reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk),
                          items=[{"timestamp": timezone.now().isoformat(), "value": 130, "unit": "mg/dL"}])
     process_patients.apply(args=[[patient.pk]])
     process_patients.apply(args=[[patient.pk]])
     assert PatientSummary.objects.get(patient=patient).readings_last_24h == 1
+    assert Forecast.objects.filter(patient=patient).count() == 1
     assert not PatientOutbox.objects.filter(patient=patient).exists()

@@ -1,0 +1,30 @@
+"""Thin Celery tasks for forecasting: ids in, service call, only transient errors retried."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from forecasting import services
+from glucoscope.readings.services import outbox_complete, patients_mark_for_processing
+
+
+@shared_task(
+    name="forecasting.forecast_patients",
+    autoretry_for=(OperationalError, InterfaceError),
+    max_retries=5,
+    retry_backoff=True,
+    retry_jitter=True,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def forecast_patients(patient_ids: list[int], outbox_versions: dict[str, int]) -> None:
+    """The last stage after an ingest: forecast, then release the patients' outbox rows."""
+    services.patients_forecast(patient_ids=patient_ids)
+    outbox_complete(versions={int(k): v for k, v in outbox_versions.items()})
+
+
+@shared_task(name="forecasting.sweep_stale", soft_time_limit=50, time_limit=58)
+def sweep_stale_forecasts() -> int:
+    """Patients with recent readings but no forecast from their latest reading get one."""
+    return patients_mark_for_processing(patient_ids=services.patients_with_stale_forecast())
