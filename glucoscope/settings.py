@@ -129,7 +129,7 @@ else:
 # Without a broker, tasks run in-process right after the commit that enqueued them.
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -237,3 +237,27 @@ PREDICTED_LOW_RISK_THRESHOLD = float(env_str("PREDICTED_LOW_RISK_THRESHOLD", "0.
 
 # The team's shared CGM data (see ../shared/data/README.md); commands skip it when absent.
 SHARED_DATA_DIR = Path(env_str("SHARED_DATA_DIR") or BASE_DIR.parent / "shared" / "data")
+
+# --- Notifications (issue 5; see docs/notifications.md) ------------------------------------
+# A Firebase service-account JSON. Unset means push delivery is off: notifications are still
+# recorded, with the status `not_configured`.
+FIREBASE_CREDENTIALS_FILE = env_str("FIREBASE_CREDENTIALS_FILE") or ""
+# Base URL of the FCM v1 API; point it at an emulator or a stub server in tests.
+FCM_ENDPOINT = (env_str("FCM_ENDPOINT") or "https://fcm.googleapis.com").rstrip("/")
+# Seconds per FCM HTTP call: a stuck connection must not hold a worker (firebase-admin's default is 120).
+FCM_HTTP_TIMEOUT_SECONDS = env_int("FCM_HTTP_TIMEOUT_SECONDS", 10)
+# QUOTA_EXCEEDED/UNAVAILABLE: attempts inside one send, then the row is re-queued with a delay.
+FCM_MAX_ATTEMPTS = env_int("FCM_MAX_ATTEMPTS", 4)
+NOTIFICATION_MAX_SEND_ATTEMPTS = env_int("NOTIFICATION_MAX_SEND_ATTEMPTS", 8)
+# No glucose values or reminder text in the push payload unless this is true; the app fetches details.
+PUSH_INCLUDE_DETAILS = env_bool("PUSH_INCLUDE_DETAILS", False)
+# Non-urgent pushes per patient per local day (urgent lows and escalations are never capped).
+PUSH_MAX_PER_PATIENT_PER_DAY = env_int("PUSH_MAX_PER_PATIENT_PER_DAY", 24)
+# Diet tips per patient per day, at most (the patient may choose fewer); no tip this close to an alert.
+TIPS_MAX_PER_DAY = env_int("TIPS_MAX_PER_DAY", 2)
+TIP_ALERT_GAP_MINUTES = env_int("TIP_ALERT_GAP_MINUTES", 60)
+CELERY_BEAT_SCHEDULE.update({
+    "notifications.sweep": {"task": "notifications.sweep", "schedule": 60.0},
+    "notifications.fire_reminders": {"task": "notifications.fire_reminders", "schedule": 60.0},
+    "notifications.send_tips": {"task": "notifications.send_tips", "schedule": 900.0},
+})

@@ -214,14 +214,7 @@ class EntriesCurrentApi(NightscoutView):
 
 
 def _store_documents(patient: Patient, collection: str, items: list[Any]) -> list[NightscoutDocument]:
-    now = timezone.now()
-    documents = []
-    for item in items:
-        errors: FieldErrors = {}
-        raw_time = item.get("created_at") or item.get("date") or item.get("startDate")
-        created_at = parse_timestamp(raw_time, now=now + timedelta(days=1), errors=errors) if raw_time else now
-        documents.append(NightscoutDocument(patient=patient, collection=collection, created_at=created_at or now, document=item))
-    return services.nightscout_documents_store(documents=documents)
+    return services.nightscout_documents_store(patient_id=patient.pk, collection=collection, items=items)
 
 
 class DocumentCollectionApi(NightscoutView):

@@ -131,9 +131,13 @@ class NightscoutDocument(models.Model):
     created_at = models.DateTimeField()
     received_at = models.DateTimeField(auto_now_add=True)
     document = models.JSONField()
+    digest = models.CharField(max_length=64, help_text="sha256 of the document's canonical JSON, for idempotent re-posts.")
 
     class Meta:
         indexes = [models.Index(fields=["patient", "collection", "created_at"], name="nsdoc_patient_coll_time")]
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "collection", "digest"], name="nsdoc_unique_content"),
+        ]
 
 
 class PatientOutbox(models.Model):

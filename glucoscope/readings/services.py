@@ -8,6 +8,7 @@ durable: if the broker is down, the sweeper sends it later.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -382,6 +384,25 @@ def treatments_ingest(
     return new_ids
 
 
-def nightscout_documents_store(*, documents: Sequence[NightscoutDocument]) -> list[NightscoutDocument]:
+def nightscout_documents_store(*, patient_id: int, collection: str, items: Sequence[dict[str, Any]]) -> list[NightscoutDocument]:
+    """Keep uploader documents as sent; the same document posted again is stored once (returned, not copied)."""
+    from glucoscope.readings.validation import FieldErrors, parse_timestamp
 
-    return NightscoutDocument.objects.bulk_create(documents)
+    now = timezone.now()
+    documents = []
+    for item in items:
+        errors: FieldErrors = {}
+        raw_time = item.get("created_at") or item.get("date") or item.get("startDate")
+        # A document's own time is informative only; an unreadable one falls back to arrival time.
+        created_at = parse_timestamp(raw_time, now=now + timedelta(days=1), errors=errors) if raw_time else None
+        digest = hashlib.sha256(orjson.dumps(item, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        documents.append(NightscoutDocument(
+            patient_id=patient_id, collection=collection, created_at=created_at or now, document=item, digest=digest
+        ))
+    NightscoutDocument.objects.bulk_create(documents, ignore_conflicts=True)
+    stored = {
+        d.digest: d for d in NightscoutDocument.objects.filter(
+            patient_id=patient_id, collection=collection, digest__in=[d.digest for d in documents]
+        )
+    }
+    return [stored[d.digest] for d in documents]

@@ -180,6 +180,23 @@ def test_devicestatus_and_profile_are_stored_and_read_back(world: World) -> None
     assert post_json(client, "profile", profile).status_code == 200
     assert client.get(f"{BASE}/profile.json").json()[0]["defaultProfile"] == "Default"
     assert post_json(client, "profile", ["not an object"]).status_code == 400
+    # Uploaders retry: the same document posted again is stored once and gets the same _id.
+    again = post_json(client, "devicestatus", [status]).json()
+    assert again[0]["_id"] == client.get(f"{BASE}/devicestatus.json").json()[0]["_id"]
+    assert NightscoutDocument.objects.filter(collection="devicestatus").count() == 1
+
+
+@pytest.mark.parametrize("path", ["entries", "treatments", "devicestatus", "profile"])
+def test_every_nightscout_collection_refuses_oversized_batches_and_bodies(world: World, path: str, settings) -> None:  # type: ignore[no-untyped-def]
+    assert post_json(world.client("nightscout"), path, [{"sgv": 100}] * 10_001).status_code == 413
+    settings.MAX_REQUEST_BODY_BYTES = 500
+    assert post_json(world.client("nightscout"), path, [{"notes": "x" * 1000}]).status_code == 413
+
+
+@pytest.mark.parametrize("path", ["entries", "treatments", "devicestatus", "profile"])
+def test_every_nightscout_collection_refuses_malformed_json(world: World, path: str) -> None:
+    response = world.client("nightscout").post(f"{BASE}/{path}", data="{not json", content_type="application/json")
+    assert response.status_code == 400
 
 
 def test_status_verifyauth_and_experiments_test(world: World) -> None:

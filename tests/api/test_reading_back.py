@@ -159,3 +159,28 @@ def test_expired_access_tokens_are_refused(world: World) -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     assert client.get("/api/v1/me").status_code == 401
+
+
+@pytest.mark.parametrize("path", ["readings", "summary", "treatments", "forecast", "forecasts"])
+@pytest.mark.parametrize("query, field", [("unit=stone", "unit"), ("start=yesterday", "start"), ("end=2026-13-45T00:00:00Z", "end")])
+def test_every_patient_endpoint_names_the_bad_parameter(world: World, path: str, query: str, field: str) -> None:
+    response = world.client("patient").get(f"/api/v1/patients/{world.alice.pk}/{path}?{query}")
+    takes_range = path not in ("summary", "forecast")
+    takes_unit = path != "treatments"  # treatments carry grams and units of insulin, not glucose
+    if (field == "unit" and not takes_unit) or (field != "unit" and not takes_range):
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 400 and field in response.json()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/auth/token", "/api/v1/readings", "/api/v1/treatments", "/api/v1/me/consents"])
+def test_every_post_endpoint_refuses_oversized_bodies(world: World, path: str, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.MAX_REQUEST_BODY_BYTES = 1_000
+    response = world.client("patient").post(path, data='{"pad": "' + "x" * 2_000 + '"}', content_type="application/json")
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/api/v1/auth/token", "/api/v1/treatments", "/api/v1/me/consents", "/api/v1/me/caregivers"])
+def test_every_post_endpoint_refuses_malformed_json(world: World, path: str) -> None:
+    response = world.client("patient").post(path, data="{oops", content_type="application/json")
+    assert response.status_code == 400
