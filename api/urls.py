@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from api import forecasts, sharing, views
+from api import analytics, fhir, forecasts, sharing, views
 from api.nightscout import views as ns
 
 v1 = [
@@ -19,6 +19,11 @@ v1 = [
     path("patients/<int:patient_id>/forecasts", forecasts.PatientForecastHistoryApi.as_view(), name="patient-forecasts"),
     path("readings", views.ReadingIngestApi.as_view(), name="readings"),
     path("treatments", views.TreatmentIngestApi.as_view(), name="treatments"),
+    path("patients/<int:patient_id>/metrics", analytics.PatientMetricsApi.as_view(), name="patient-metrics"),
+    path("patients/<int:patient_id>/agp", analytics.PatientAgpApi.as_view(), name="patient-agp"),
+    path("patients/<int:patient_id>/risk-indicators", analytics.PatientRiskIndicatorsApi.as_view(), name="patient-risk-indicators"),
+    path("patients/<int:patient_id>/export.csv", analytics.PatientExportApi.as_view(), name="patient-export"),
+    path("patients/<int:patient_id>/fhir/cgm-summary", fhir.PatientCgmSummaryFhirApi.as_view(), name="patient-fhir-cgm-summary"),
 ]
 
 nightscout_v1 = [

@@ -80,6 +80,11 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("nightscout:ns-status", "get"): everyone(200),
     ("nightscout:ns-verifyauth", "get"): everyone(200),
     ("nightscout:ns-experiments-test", "get"): NIGHTSCOUT_ONLY,
+    ("v1:patient-metrics", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-agp", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-risk-indicators", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-export", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-fhir-cgm-summary", "get"): PATIENT_SCOPED_READ,
 }
 
 
