@@ -62,3 +62,8 @@ beat: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+## make bench-stratify: glucotype stratification, 10,000 synthetic patients x 14 days (Euclidean, DTW) + Hall_2018 cross-tab.
+.PHONY: bench-stratify
+bench-stratify: install
+	$(BIN)/python -m forecasting.stratification_bench $(BENCH_ARGS)

@@ -85,3 +85,44 @@ class ForecastEvent(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["forecast", "kind"], name="forecast_event_once")]
+
+
+class GlucotypeModel(models.Model):
+    """One fitted glucotype classifier (Hall et al., PLoS Biol 2018), kept as tslearn's own JSON, never pickle.
+
+    `model_json` is exactly what `GlucotypeClassifier.to_json` writes (tslearn's TimeSeriesKMeans JSON
+    plus our fitted attributes under one key), so it reloads with `from_json` and stays auditable.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    metric = models.CharField(max_length=16)
+    representation = models.CharField(max_length=16)
+    class_names = models.JSONField(default=list)
+    class_mean_sd_mgdl = models.JSONField(default=list, help_text="Mean within-window SD per class, mg/dL.")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    n_patients = models.PositiveIntegerField()
+    n_windows = models.PositiveIntegerField()
+    fit_seconds = models.FloatField()
+    model_json = models.JSONField()
+
+    def __str__(self) -> str:
+        return f"Glucotype model {self.pk} ({self.metric}, {self.created_at:%Y-%m-%d})"
+
+
+class GlucotypeAssignment(models.Model):
+    """A patient's dominant glucotype and share of 2.5-h windows per class from one stratification run.
+
+    Rows are never updated: each run adds one per patient, so the history of assignments is kept.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="glucotype_assignments")
+    model = models.ForeignKey(GlucotypeModel, on_delete=models.CASCADE, related_name="assignments")
+    glucotype = models.CharField(max_length=32)
+    shares = models.JSONField(help_text="Share (0-1) of the patient's windows in each class.")
+    n_windows = models.PositiveIntegerField()
+    assigned_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "patient"], name="glucotype_once_per_model")]
+        indexes = [models.Index(fields=["patient", "-assigned_at"], name="glucotype_patient_time")]

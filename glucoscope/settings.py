@@ -261,3 +261,8 @@ CELERY_BEAT_SCHEDULE.update({
     "notifications.fire_reminders": {"task": "notifications.fire_reminders", "schedule": 60.0},
     "notifications.send_tips": {"task": "notifications.send_tips", "schedule": 900.0},
 })
+
+# --- Clinical analytics and the care-team pages (issue 4) ---------------------
+INSTALLED_APPS += ["glucoscope.web"]
+# Nightly glucotype stratification of every patient with enough data (Hall et al., PLoS Biol 2018).
+CELERY_BEAT_SCHEDULE["forecasting.stratify_glucotypes"] = {"task": "forecasting.stratify_glucotypes", "schedule": 86400.0}
