@@ -266,3 +266,5 @@ CELERY_BEAT_SCHEDULE.update({
 INSTALLED_APPS += ["glucoscope.web"]
 # Nightly glucotype stratification of every patient with enough data (Hall et al., PLoS Biol 2018).
 CELERY_BEAT_SCHEDULE["forecasting.stratify_glucotypes"] = {"task": "forecasting.stratify_glucotypes", "schedule": 86400.0}
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:dashboard"

@@ -12,4 +12,5 @@ urlpatterns = [
     path("nightscout/api/v1/", include((nightscout_v1, "nightscout"), namespace="nightscout")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("glucoscope.web.urls")),
 ]

@@ -33,10 +33,10 @@ def test_metrics_have_exactly_the_issue_keys_and_match_compute_summary(world: Wo
     body = world.client("clinician").get(url(world, "metrics"), {"unit": "mg/dL"}).json()
     assert tuple(body) == METRIC_KEYS
     expected = compute_summary(np.array(values), np.array([t.timestamp() for t in times]), interval_minutes=5)
-    assert body["mean_glucose"] == pytest.approx(expected.mean_glucose, abs=0.05)
+    assert body["mean_glucose"] == pytest.approx(expected.mean_glucose, abs=0.06)
     assert body["time_in_range_70_180"] == pytest.approx(expected.time_in_range_70_180, abs=0.005)
     assert body["gri"] == pytest.approx(expected.gri, abs=0.005) and body["gri_zone"] == expected.gri_zone
-    assert body["mage"] == pytest.approx(expected.mage, abs=0.05)
+    assert body["mage"] == pytest.approx(expected.mage, abs=0.06)
     assert body["days_of_data"] == pytest.approx(3.0, abs=0.01)
     assert body["sufficient_data"] is False  # 3 days < 14: flagged, numbers still shown
 
@@ -97,7 +97,7 @@ def test_agp_percentiles_per_bin_and_daily_profiles(world: World) -> None:
     expected = agp_profile(np.array(values), np.array([t.timestamp() for t in times]), bin_minutes=60, utc_offset_seconds=offsets)
     for i, row in enumerate(body["percentiles"]):
         if row["n_readings"]:
-            assert row["p50"] == pytest.approx(expected.p50[i], abs=0.05)
+            assert row["p50"] == pytest.approx(expected.p50[i], abs=0.06)  # rounded to 0.1 mg/dL
             assert row["p5"] <= row["p25"] <= row["p50"] <= row["p75"] <= row["p95"]
     assert len(body["daily_profiles"]) in (3, 4) and len(body["daily_profiles"][0]["values"]) == 24
     assert body["target_range"] == [70.0, 180.0]

@@ -1,0 +1,72 @@
+"""Who may open each care-team page: clinicians of a consenting team only; everyone else is refused."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from glucoscope.web.views import ERR_NOT_CLINICIAN_LOGIN
+from tests.analytics.helpers import add_readings, synthetic_days
+from tests.conftest import World
+from tests.web.conftest import session_client
+
+pytestmark = pytest.mark.django_db
+
+PATIENT_PAGES = ["", "recent.svg", "agp.svg", "agp.pdf"]
+
+
+def users(world: World) -> dict[str, object]:
+    return {"anonymous": None, "patient": world.alice.user, "caregiver": world.caregiver, "staff": world.staff,
+            "clinician": world.clinician, "other_clinician": world.other_clinician,
+            "revoked_clinician": world.revoked_clinician}
+
+
+# Anonymous: login redirect. Non-clinicians: 403. Clinicians outside alice's consenting teams: 404.
+PATIENT_EXPECTED = {"anonymous": 302, "patient": 403, "caregiver": 403, "staff": 403, "clinician": 200,
+                    "other_clinician": 404, "revoked_clinician": 404}
+DASHBOARD_EXPECTED = {**PATIENT_EXPECTED, "other_clinician": 200, "revoked_clinician": 200}
+
+
+@pytest.mark.parametrize("page", PATIENT_PAGES)
+def test_patient_pages(world: World, page: str) -> None:
+    add_readings(world.alice, synthetic_days(1))
+    failures = []
+    for role, user in users(world).items():
+        response = session_client(user).get(f"/care/patients/{world.alice.pk}/{page}")  # type: ignore[arg-type]
+        if response.status_code != PATIENT_EXPECTED[role]:
+            failures.append(f"{role}: expected {PATIENT_EXPECTED[role]}, got {response.status_code}")
+        if role == "anonymous":
+            assert response["Location"].startswith("/care/login/?next=")
+    assert not failures, failures
+
+
+def test_dashboard(world: World) -> None:
+    for role, user in users(world).items():
+        response = session_client(user).get("/care/")  # type: ignore[arg-type]
+        assert response.status_code == DASHBOARD_EXPECTED[role], role
+
+
+def test_dashboard_lists_only_consenting_patients_of_the_clinicians_teams(world: World) -> None:
+    html = session_client(world.clinician).get("/care/").content.decode()
+    assert f'data-patient="{world.alice.pk}"' in html and f'data-patient="{world.bob.pk}"' not in html
+    assert f'data-patient="{world.alice.pk}"' not in session_client(world.revoked_clinician).get("/care/").content.decode()
+
+
+def test_unknown_patient_is_404_not_500(world: World) -> None:
+    assert session_client(world.clinician).get("/care/patients/999999/").status_code == 404
+
+
+def test_clinician_signs_in_with_a_session_and_patients_cannot(world: World) -> None:
+    client = Client()
+    response = client.post("/care/login/", {"username": "dr-dan", "password": "correct-horse-battery"})
+    assert response.status_code == 302 and response["Location"] == "/care/"
+    assert client.get("/care/").status_code == 200
+    refused = Client().post("/care/login/", {"username": "alice", "password": "correct-horse-battery"})
+    assert refused.status_code == 200 and ERR_NOT_CLINICIAN_LOGIN in refused.content.decode()
+    assert client.post("/care/logout/").status_code == 302
+    assert client.get("/care/").status_code == 302
+
+
+def test_pages_are_not_cached(world: World) -> None:
+    response = session_client(world.clinician).get(f"/care/patients/{world.alice.pk}/")
+    assert "no-store" in response["Cache-Control"] or "no-cache" in response["Cache-Control"]

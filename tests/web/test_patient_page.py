@@ -1,0 +1,49 @@
+"""Patient page content, the charts and the AGP PDF."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.analytics.helpers import add_readings, synthetic_days
+from tests.conftest import World
+from tests.web.conftest import add_forecast, add_glucotype, session_client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_patient_page_shows_latest_reading_agp_indicators_and_glucotype(world: World) -> None:
+    add_readings(world.alice, [*synthetic_days(2)[:-1], 144.1])
+    add_forecast(world.alice, below_70_30min=0.42)
+    add_glucotype([world.alice], ["moderate"])
+    html = session_client(world.clinician).get(f"/care/patients/{world.alice.pk}/", {"unit": "mg/dL"}).content.decode()
+    assert 'id="latest-value">144 <small>mg/dL</small>' in html
+    assert "42%" in html and "not a diagnosis" in html
+    assert "Insufficient data for a standard AGP" in html  # 2 days < 14: shown, with the warning
+    assert "Beck 2019" in html and "Lachin 2022" in html and "1.64 (95% CI 1.51–1.78)" in html
+    assert 'id="glucotype">moderate' in html
+    assert "Notifications sent" in html and "Message the patient" in html
+
+
+def test_mmol_view_converts_the_latest_reading(world: World) -> None:
+    add_readings(world.alice, [90.08])
+    html = session_client(world.clinician).get(f"/care/patients/{world.alice.pk}/", {"unit": "mmol/L"}).content.decode()
+    assert 'id="latest-value">5.0 <small>mmol/L</small>' in html
+
+
+def test_charts_are_svg_and_the_report_is_a_pdf(world: World) -> None:
+    add_readings(world.alice, synthetic_days(3))
+    add_forecast(world.alice, below_70_30min=0.1)
+    client = session_client(world.clinician)
+    for chart in ("recent.svg", "agp.svg"):
+        response = client.get(f"/care/patients/{world.alice.pk}/{chart}")
+        assert response["Content-Type"] == "image/svg+xml" and b"<svg" in response.content
+    pdf = client.get(f"/care/patients/{world.alice.pk}/agp.pdf")
+    assert pdf["Content-Type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+    assert "attachment" in pdf["Content-Disposition"]
+
+
+def test_empty_patient_renders(world: World) -> None:
+    client = session_client(world.clinician)
+    assert client.get(f"/care/patients/{world.alice.pk}/").status_code == 200
+    assert client.get(f"/care/patients/{world.alice.pk}/agp.pdf").content.startswith(b"%PDF")
+    assert b"<svg" in client.get(f"/care/patients/{world.alice.pk}/recent.svg").content
