@@ -21,6 +21,11 @@ from glucoscope.readings.services import outbox_complete, patients_mark_for_proc
 def forecast_patients(patient_ids: list[int], outbox_versions: dict[str, int]) -> None:
     """The last stage after an ingest: forecast, then release the patients' outbox rows."""
     services.patients_forecast(patient_ids=patient_ids)
+    # Alert rules run on the notifications queue. Published before the outbox rows are released,
+    # so if the broker is down this task fails and the outbox sweeper runs the patients again.
+    from notifications.tasks import evaluate_patients
+
+    evaluate_patients.apply_async(args=[list(patient_ids)])
     outbox_complete(versions={int(k): v for k, v in outbox_versions.items()})
 
 

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from glucoscope.patients.models import Patient
 
@@ -104,7 +105,8 @@ class Notification(models.Model):
     )
     reminder = models.ForeignKey("Reminder", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     tip_id = models.CharField(max_length=64, blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by the service to its `now`, so rules replayed for a past instant judge cooldowns consistently.
+    created_at = models.DateTimeField(default=timezone.now)
     send_after = models.DateTimeField(help_text="Not sent before this instant (quiet hours, retry backoff).")
     attempts = models.PositiveSmallIntegerField(default=0)
     claimed_at = models.DateTimeField(null=True, blank=True)
