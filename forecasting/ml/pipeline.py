@@ -6,7 +6,6 @@ can be tested and run without a configured Django project.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import logging
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from forecasting.ml.artifacts import save_artifact
 from forecasting.ml.baselines import RidgeLagged
@@ -178,6 +178,10 @@ def forecast_csv(
         # Every input row whose slot is a real reading with enough history is an
         # origin; a near-duplicate row reuses its slot's (earlier) context.
         ok = sufficient_history(grid.observed, slots)
+        raw = subjects[key].raw_timestamps
+        if raw is not None:
+            # An exactly repeated row (same subject and timestamp text) is one origin.
+            ok &= ~pd.Series(raw).duplicated().to_numpy()
         idx = np.flatnonzero(ok)
         keys.append(key)
         rows_idx.append(idx)
@@ -185,34 +189,39 @@ def forecast_csv(
     n_total = int(sum(o.size for o in origins))
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    header = ["subject_id", "timestamp", "horizon_min", "glucose_mg_dl", "p10", "p90", "p_below_70"]
     with _open_text(output_path, "w") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["subject_id", "timestamp", "horizon_min", "glucose_mg_dl", "p10", "p90", "p_below_70"])
+        fh.write(",".join(header) + "\n")
         for key, idx, o in zip(keys, rows_idx, origins, strict=True):
             r = subjects[key]
             ts = r.raw_timestamps[idx] if r.raw_timestamps is not None else idx.astype(str)
-            for start in range(0, o.size, batch_size * 4):
-                oo = o[start : start + batch_size * 4]
-                tt = ts[start : start + batch_size * 4]
+            chunk = batch_size * 4
+            for start in range(0, o.size, chunk):
+                oo = o[start : start + chunk]
                 q = forecaster.predict_bank(bank, oo, batch_size=batch_size)
                 risk = forecaster.risk(q)
+                blocks = []
                 for h in horizons:
                     k = h // 5 - 1
                     if h in (30, 60):
                         pb = risk[f"p_below_70_{h}min"]
                     else:
                         pb = step_cdf(70.0, q[:, k, 0], q[:, k, 1], q[:, k, 2])
-                    block = zip(
-                        [r.subject_id] * oo.size,
-                        tt,
-                        [h] * oo.size,
-                        np.round(q[:, k, 1], 1),
-                        np.round(q[:, k, 0], 1),
-                        np.round(q[:, k, 2], 1),
-                        np.round(pb, 4),
-                        strict=True,
+                    blocks.append(
+                        pd.DataFrame(
+                            {
+                                "subject_id": r.subject_id,
+                                "timestamp": ts[start : start + chunk],
+                                "horizon_min": h,
+                                "glucose_mg_dl": np.round(q[:, k, 1], 1),
+                                "p10": np.round(q[:, k, 0], 1),
+                                "p90": np.round(q[:, k, 2], 1),
+                                "p_below_70": np.round(pb, 4),
+                            }
+                        )
                     )
-                    writer.writerows(block)
+                # pandas' C writer is several times faster than csv.writer here.
+                pd.concat(blocks).to_csv(fh, header=False, index=False, lineterminator="\n")
                 if progress is not None:
                     progress(oo.size)
     return n_total

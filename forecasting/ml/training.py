@@ -32,18 +32,22 @@ logger = logging.getLogger(__name__)
 class TrainingConfig:
     """Hyperparameters of one training run (all saved in the artifact)."""
 
-    epochs: int = 20
+    epochs: int = 14
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     samples_per_epoch: int = 300_000
-    val_samples: int = 40_000
-    patience: int = 4
+    val_samples: int = 80_000
+    # Generous patience: validation has few subjects and is noisy, and the
+    # cosine schedule only pays off once the learning rate has decayed.
+    patience: int = 6
     seed: int = 0
     max_minutes: float = 21.0
     hidden: int = 64
     head_hidden: int = 128
-    patch: int = 3
+    # 30-min tokens: same validation loss as 15-min ones, half the GRU steps,
+    # which is what lets forecast_csv reach >20k origins/s on 2 cores.
+    patch: int = 6
     num_threads: int = 2
     ridge_samples: int = 200_000
 
@@ -98,7 +102,9 @@ def summarise_data(subjects: dict[str, SubjectReadings]) -> dict[str, Any]:
         c = out.setdefault(r.cohort or "all", {"subjects": 0, "readings": 0, "days": 0.0})
         c["subjects"] += 1
         c["readings"] += len(r)
-        c["days"] += round(len(r) * 5 / 1440, 1)
+        c["days"] += len(r) * 5 / 1440
+    for c in out.values():
+        c["days"] = round(c["days"], 1)
     return out
 
 

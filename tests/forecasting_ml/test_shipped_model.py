@@ -1,0 +1,40 @@
+"""The shipped default model: loads safely, is small, and works on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from forecasting.ml.artifacts import load_artifact
+from forecasting.ml.data import read_cgm_csv
+from forecasting.ml.inference import DEFAULT_ARTIFACT, STATUS_OK, Forecaster
+from forecasting.ml.pipeline import evaluate_subjects
+
+from .conftest import synthetic_subject
+
+
+def test_shipped_model_loads_with_checksum_and_is_under_10_mb() -> None:
+    _network, meta = load_artifact(DEFAULT_ARTIFACT)
+    weights = DEFAULT_ARTIFACT.parent / meta["weights_file"]
+    assert weights.stat().st_size < 10 * 1024 * 1024
+    assert meta["version"] and meta["metrics_held_out"] and meta["scaler"]
+    assert not set(meta["split"]["test"]) & set(meta["split"]["train"])
+
+
+def test_shipped_model_forecasts_a_patient() -> None:
+    out = Forecaster.load().forecast_patients([synthetic_subject("p", days=0.5, seed=1)])[0]
+    assert out.status == STATUS_OK
+    assert len(out.points) == 24
+    assert all(40 <= p.p10 <= p.p50 <= p.p90 <= 400 for p in out.points)
+
+
+def test_shipped_model_beats_persistence_on_one_real_held_out_subject(shared_data_dir: Path) -> None:
+    forecaster = Forecaster.load()
+    key = next(k for k in forecaster.metadata["split"]["test"] if k.startswith("AZT1D/"))
+    subjects = read_cgm_csv(shared_data_dir / "AZT1D.csv.gz", cohort="AZT1D")
+    sid = key.split("/", 1)[1]
+    rows, _ = evaluate_subjects({key: subjects[sid]}, forecaster, horizons=(30,))
+    rmse = {r["method"]: r["rmse"] for r in rows if r["cohort"] == "all" and "rmse" in r}
+    assert rmse["model"] < rmse["persistence"]
+    assert np.isfinite(rmse["ar2"])
