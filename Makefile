@@ -67,3 +67,10 @@ clean:
 .PHONY: bench-stratify
 bench-stratify: install
 	$(BIN)/python -m forecasting.stratification_bench $(BENCH_ARGS)
+
+## make screenshots: PNGs of the triage dashboard and a patient page into docs/img/ (Playwright + /usr/bin/chromium).
+.PHONY: screenshots
+screenshots: export SECRET_KEY ?= test-only-secret-key-not-for-production-0123456789
+screenshots: export SECURE_SSL_REDIRECT ?= false
+screenshots: install
+	GLUCOSCOPE_SCREENSHOTS=docs/img $(BIN)/pytest tests/browser -q -p no:cacheprovider

@@ -78,6 +78,7 @@ def recent_figure(*, readings: list[tuple[datetime, float | None, str]], forecas
         ax.plot(ft, [p["p50"] * k for p in forecast_points], color="#4527a0", lw=1.5, label="forecast median")
     ax.set_ylim(0, 400 * k)
     ax.set_ylabel(f"Glucose ({unit})")
+    ax.xaxis.set_major_locator(mdates.HourLocator(tz=zone))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=zone))
     ax.set_title(f"Last {hours} h and forecast (an estimate, not a diagnosis)", fontsize=10, loc="left")
     ax.grid(alpha=0.3)
@@ -113,7 +114,7 @@ def agp_figure(*, title: str, summary: GlucoseSummary, profile: AGPProfile, dail
         f"Glucose variability (CV): {_fmt(summary.cv, '{:.1f}')}%  (goal ≤36%)",
         f"GRI: {_fmt(summary.gri, '{:.0f}')}  zone {summary.gri_zone or '—'}",
         ("Data sufficient (≥14 days, ≥70% active)" if summary.sufficient_data
-         else "INSUFFICIENT DATA: fewer than 14 days or <70% active — interpret with care"),
+         else "Insufficient data (<14 days or <70% active)"),
     ]
     for i, line in enumerate(lines):
         stats.text(0, 1 - i * 0.15, line, fontsize=9, va="top",
@@ -127,9 +128,10 @@ def agp_figure(*, title: str, summary: GlucoseSummary, profile: AGPProfile, dail
         (summary.time_above_180 or 0.0) - (summary.time_above_250 or 0.0), summary.time_above_250 or 0.0,
     ]
     bottom = 0.0
-    for share, colour, label, goal in zip(parts, RANGE_COLOURS, RANGE_LABELS, GOALS, strict=True):
+    for i, (share, colour, label, goal) in enumerate(zip(parts, RANGE_COLOURS, RANGE_LABELS, GOALS, strict=True)):
         bar.bar(0, share, bottom=bottom, color=colour, width=0.6)
-        bar.text(0.45, bottom + share / 2, f"{label}: {share:.1f}%  (goal {goal})", fontsize=7, va="center")
+        # Labels sit at fixed heights, as on the standard AGP report, so thin segments never overlap.
+        bar.text(0.45, 10 + 20 * i, f"{label}: {share:.1f}%  (goal {goal})", fontsize=7, va="center")
         bottom += share
     bar.set_xlim(-0.4, 2.6)
     bar.set_ylim(0, 100)

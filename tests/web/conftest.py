@@ -18,9 +18,12 @@ def session_client(user: User | None) -> Client:
     return client
 
 
-def add_forecast(patient: Patient, *, below_70_30min: float, minutes_ago: float = 3) -> Forecast:
+def add_forecast(patient: Patient, *, below_70_30min: float, minutes_ago: float = 3, start: float = 100.0,
+                 slope_per_min: float = -0.2) -> Forecast:
+    """A stored forecast whose median moves linearly from ``start`` mg/dL, with a band widening with horizon."""
     origin = timezone.now() - timedelta(minutes=minutes_ago)
-    points = [{"minutes_ahead": m, "p10": 80.0 - m / 5, "p50": 100.0 - m / 5, "p90": 120.0} for m in range(5, 125, 5)]
+    points = [{"minutes_ahead": m, "p10": start + slope_per_min * m - 8 - m / 4, "p50": start + slope_per_min * m,
+               "p90": start + slope_per_min * m + 8 + m / 3} for m in range(5, 125, 5)]
     forecast = Forecast.objects.create(patient=patient, origin=origin, model_version=forecasting_services.model_version_active(),
                                        status=ForecastStatus.OK, points=points)
     RiskAssessment.objects.create(forecast=forecast, below_70_30min=below_70_30min, below_70_60min=below_70_30min,
