@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from api import analytics, fhir, forecasts, sharing, views
+from api import analytics, fhir, forecasts, notifications, sharing, views
 from api.nightscout import views as ns
 
 v1 = [
@@ -24,6 +24,17 @@ v1 = [
     path("patients/<int:patient_id>/risk-indicators", analytics.PatientRiskIndicatorsApi.as_view(), name="patient-risk-indicators"),
     path("patients/<int:patient_id>/export.csv", analytics.PatientExportApi.as_view(), name="patient-export"),
     path("patients/<int:patient_id>/fhir/cgm-summary", fhir.PatientCgmSummaryFhirApi.as_view(), name="patient-fhir-cgm-summary"),
+    # Notifications (issue 5): devices, preferences, inbox, acknowledgement, reminders, care-team messages.
+    path("me/devices", notifications.MyDevicesApi.as_view(), name="my-devices"),
+    path("me/notification-preferences", notifications.MyNotificationPreferencesApi.as_view(), name="my-notification-preferences"),
+    path("me/notifications", notifications.MyNotificationsApi.as_view(), name="my-notifications"),
+    path("me/notifications/<int:notification_id>/ack", notifications.MyNotificationAckApi.as_view(), name="my-notification-ack"),
+    path("me/notifications/<int:notification_id>/feedback", notifications.MyNotificationFeedbackApi.as_view(), name="my-notification-feedback"),
+    path("me/notifications/<int:notification_id>/receipt", notifications.MyNotificationReceiptApi.as_view(), name="my-notification-receipt"),
+    path("patients/<int:patient_id>/notifications", notifications.PatientNotificationsApi.as_view(), name="patient-notifications"),
+    path("patients/<int:patient_id>/messages", notifications.PatientMessagesApi.as_view(), name="patient-messages"),
+    path("patients/<int:patient_id>/reminders", notifications.PatientRemindersApi.as_view(), name="patient-reminders"),
+    path("patients/<int:patient_id>/reminders/<int:reminder_id>", notifications.PatientReminderApi.as_view(), name="patient-reminder"),
 ]
 
 nightscout_v1 = [

@@ -203,6 +203,8 @@ class Reminder(models.Model):
     is_active = models.BooleanField(default=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Deleting keeps the row (the care team sees what was scheduled, and by whom); it never fires again.
+    deleted_at = models.DateTimeField(null=True, blank=True)
     # The next UTC instant it fires; beat selects due rows by index and advances this field.
     next_fire_at = models.DateTimeField(db_index=True)
 

@@ -120,7 +120,7 @@ def _validate(changes: dict[str, Any], *, partial: bool) -> dict[str, Any]:
 def reminder_create(*, patient: Patient, created_by: User, data: dict[str, Any], now: datetime | None = None) -> Reminder:
     now = now or timezone.now()
     clean = _validate(data, partial=False)
-    if Reminder.objects.filter(patient=patient).count() >= MAX_REMINDERS_PER_PATIENT:
+    if Reminder.objects.filter(patient=patient, deleted_at__isnull=True).count() >= MAX_REMINDERS_PER_PATIENT:
         raise NotificationError("non_field_errors", ERR_TOO_MANY.format(limit=MAX_REMINDERS_PER_PATIENT))
     zone = ZoneInfo(patient.time_zone)
     clean.setdefault("start_date", now.astimezone(zone).date())
@@ -155,7 +155,7 @@ def reminders_fire_due(*, now: datetime | None = None) -> list[int]:
     """Fire every reminder whose instant has come; returns the notification ids created."""
     now = now or timezone.now()
     created: list[int] = []
-    due = Reminder.objects.filter(is_active=True, next_fire_at__lte=now).select_related("patient__user")[:5000]
+    due = Reminder.objects.filter(is_active=True, deleted_at__isnull=True, next_fire_at__lte=now).select_related("patient__user")[:5000]
     for reminder in due:
         zone = ZoneInfo(reminder.patient.time_zone)
         scheduled = reminder.next_fire_at
@@ -178,3 +178,10 @@ def reminders_fire_due(*, now: datetime | None = None) -> list[int]:
             if notification is not None:
                 created.append(notification.pk)
     return created
+
+
+def reminder_delete(*, reminder: Reminder, now: datetime | None = None) -> Reminder:
+    """Idempotent: deleting twice is the same as once."""
+    Reminder.objects.filter(pk=reminder.pk, deleted_at__isnull=True).update(deleted_at=now or timezone.now(), is_active=False)
+    reminder.refresh_from_db()
+    return reminder

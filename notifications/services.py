@@ -555,7 +555,6 @@ def notifications_sweep(*, now: datetime | None = None) -> list[int]:
 
 # --- App receipts, acknowledgement, feedback -------------------------------------------------
 
-_AFTER_SENT = [Status.SENT, Status.DELIVERED, Status.OPENED, Status.ACKED, Status.NOT_CONFIGURED, Status.QUEUED, Status.SENDING]
 _RANK = {Status.DELIVERED: 1, Status.OPENED: 2, Status.ACKED: 3}
 
 
@@ -575,7 +574,11 @@ def notification_receipt(*, notification: Notification, event: object, now: date
 
 def _advance_status(notification_id: int, status: Status) -> None:
     lower = [s for s, rank in _RANK.items() if rank < _RANK[status]]
-    Notification.objects.filter(pk=notification_id, status__in=[Status.SENT, Status.NOT_CONFIGURED, *lower]).update(status=status)
+    movable = [Status.SENT, Status.NOT_CONFIGURED, *lower]
+    if status == Status.ACKED:
+        # Seen in the app's inbox before (or without) the push: an acknowledged row is never pushed after.
+        movable += [Status.QUEUED, Status.SENDING, Status.FAILED]
+    Notification.objects.filter(pk=notification_id, status__in=movable).update(status=status)
 
 
 def notification_ack(*, notification: Notification, now: datetime | None = None) -> Notification:

@@ -85,6 +85,22 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("v1:patient-risk-indicators", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-export", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-fhir-cgm-summary", "get"): PATIENT_SCOPED_READ,
+    # Notifications (issue 5). Devices and the inbox belong to whoever is signed in; a notification
+    # addressed to someone else is 404. Reminders: the patient and their care team write, caregivers read.
+    ("v1:my-devices", "post"): people_only(**dict.fromkeys(PEOPLE, 201)),
+    ("v1:my-devices", "delete"): people_only(**dict.fromkeys(PEOPLE, 404)),  # the matrix's token was never registered
+    ("v1:my-notification-preferences", "get"): {**PATIENTS_ONLY, "patient": 200, "other_patient": 200},
+    ("v1:my-notification-preferences", "patch"): {**PATIENTS_ONLY, "patient": 200, "other_patient": 200},
+    ("v1:my-notifications", "get"): people_only(),
+    ("v1:my-notification-ack", "post"): {**people_only(**dict.fromkeys(PEOPLE, 404)), "patient": 200},
+    ("v1:my-notification-feedback", "post"): {**people_only(**dict.fromkeys(PEOPLE, 404)), "patient": 200},
+    ("v1:my-notification-receipt", "post"): {**people_only(**dict.fromkeys(PEOPLE, 404)), "patient": 200},
+    ("v1:patient-notifications", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-messages", "post"): {**PATIENT_SCOPED_READ, "patient": 403, "caregiver": 403, "clinician": 201},
+    ("v1:patient-reminders", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-reminders", "post"): {**PATIENT_SCOPED_READ, "patient": 201, "caregiver": 403, "clinician": 201},
+    ("v1:patient-reminder", "patch"): {**PATIENT_SCOPED_READ, "caregiver": 403},
+    ("v1:patient-reminder", "delete"): {**PATIENT_SCOPED_READ, "patient": 204, "caregiver": 403, "clinician": 204},
 }
 
 
@@ -133,7 +149,34 @@ def request_body(name: str, world: World, team_id: int) -> Any:
         "nightscout:ns-treatments": [{"eventType": "Note", "created_at": moment.isoformat(), "notes": "x"}],
         "nightscout:ns-devicestatus": [{"device": "phone", "created_at": moment.isoformat()}],
         "nightscout:ns-profile": [{"defaultProfile": "Default", "startDate": moment.isoformat()}],
+        "v1:my-devices": {"token": f"matrix-token-{ms}", "platform": "android"},
+        "v1:my-notification-preferences": {"quiet_start": "22:00", "quiet_end": "07:00"},
+        "v1:my-notification-feedback": {"feedback": "helpful"},
+        "v1:my-notification-receipt": {"event": "opened"},
+        "v1:patient-messages": {"text": "Please call the clinic."},
+        "v1:patient-reminders": {"kind": "glucose_check", "local_time": "08:00"},
+        "v1:patient-reminder": {"local_time": "09:00"},
     }.get(name)
+
+
+def notification_route_kwargs(name: str, world: World) -> dict[str, int]:
+    """URL ids for the notification routes (issue 5): alice's own notification and reminder."""
+    from datetime import time
+
+    from notifications.models import Notification, Reminder
+
+    if name in ("v1:my-notification-ack", "v1:my-notification-feedback", "v1:my-notification-receipt"):
+        notification = Notification.objects.create(
+            patient=world.alice, recipient=world.alice.user, kind="low", title="Glucose alert", send_after=timezone.now()
+        )
+        return {"notification_id": notification.pk}
+    if name == "v1:patient-reminder":
+        reminder = Reminder.objects.create(
+            patient=world.alice, kind="glucose_check", local_time=time(8), start_date=timezone.now().date(),
+            next_fire_at=timezone.now() + timedelta(days=1),
+        )
+        return {"patient_id": world.alice.pk, "reminder_id": reminder.pk}
+    return {}
 
 
 @pytest.mark.django_db
@@ -145,6 +188,7 @@ def test_access_matrix(world: World, route: tuple[str, str]) -> None:
         "v1:my-consent": {"care_team_id": team_id},
         "v1:my-caregiver": {"caregiver_id": world.caregiver.pk},
     }.get(name, {"patient_id": world.alice.pk} if name.startswith("v1:patient-") else {})
+    kwargs = notification_route_kwargs(name, world) or kwargs
     url = reverse(name, kwargs=kwargs)
     failures = []
     for role, expected in EXPECTED[route].items():
