@@ -7,6 +7,8 @@ return ``[B, H]`` mg/dL forecasts for steps 1..H (5 min each).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 AR2_COEF_PREV = -0.723
@@ -155,8 +157,8 @@ class RidgeLagged:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> RidgeLagged:
-        model = cls(lags=int(d["lags"]), alpha=float(d["alpha"]))  # type: ignore[arg-type]
+    def from_dict(cls, d: dict[str, Any]) -> RidgeLagged:
+        model = cls(lags=int(d["lags"]), alpha=float(d["alpha"]))
         if d.get("coef") is not None:
             model.coef_ = np.asarray(d["coef"], dtype=np.float64)
         return model

@@ -58,6 +58,7 @@ class PatchGRUForecaster(nn.Module):
         token_dim = patch * (n_features + 1)
         self.embed = nn.Sequential(nn.Linear(token_dim, hidden), nn.GELU())
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.head_hidden = head_hidden
         recent_dim = recent_steps * 2 + 3
         self.head = nn.Sequential(
             nn.Linear(hidden + recent_dim, head_hidden),
@@ -76,7 +77,7 @@ class PatchGRUForecaster(nn.Module):
             "hidden": self.hidden,
             "patch": self.patch,
             "recent_steps": self.recent_steps,
-            "head_hidden": self.head[0].out_features,
+            "head_hidden": self.head_hidden,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

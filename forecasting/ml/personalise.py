@@ -53,7 +53,8 @@ def fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTun
     bank.add("p", build_grid(readings))
     bank.finalize()
     windows = TrainingWindows(bank, bank.training_origins())
-    head = network.head  # type: ignore[union-attr]
+    head = network.head
+    assert isinstance(head, torch.nn.Module)
     for p in network.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
@@ -109,10 +110,13 @@ def personalisation_gain(
             data = collect_predictions(
                 {key: r}, predict_fn=model.predict_bank, config=model.config, scaler=model.scaler
             )
+            if "model" not in data.point:
+                break  # no evaluation origins at all (e.g. 15-minute Libre history)
             later = data.time >= cut_time
             for h in data.horizons:
                 m = point_metrics(data.target[h][later], data.point["model"][h][later])
                 row[f"{label}_rmse{h}"] = m.get("rmse", float("nan"))
                 row["n_later"] = m.get("n", 0)
-        rows.append(row)
+        if "n_later" in row:
+            rows.append(row)
     return rows
