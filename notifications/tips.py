@@ -87,7 +87,11 @@ def tip_choose(*, patient: Patient, now: datetime, rng: random.Random | None = N
     found = patient_patterns(patient=patient, now=now)
     context = found[0] if found else patterns.GENERAL
     tips = list(Tip.objects.filter(is_active=True))
-    eligible = [t for t in tips if not t.patterns or context in t.patterns] if context != patterns.GENERAL else tips
+    # Tips written for the pattern first; general ones (no patterns) only when none is. Without a
+    # pattern every tip is a candidate and the bandit alone learns what this patient likes.
+    eligible = tips if context == patterns.GENERAL else (
+        [t for t in tips if context in t.patterns] or [t for t in tips if not t.patterns] or tips
+    )
     if not eligible:
         return None
     history = TipEngagement.objects.filter(patient=patient, reward__isnull=False).values_list("context", "category", "reward")
