@@ -74,3 +74,8 @@ screenshots: export SECRET_KEY ?= test-only-secret-key-not-for-production-012345
 screenshots: export SECURE_SSL_REDIRECT ?= false
 screenshots: install
 	GLUCOSCOPE_SCREENSHOTS=docs/img $(BIN)/pytest tests/browser -q -p no:cacheprovider
+
+## make bench-notify: notifications/s through firebase-admin send_each (batches of 500) against the local FCM stub.
+.PHONY: bench-notify
+bench-notify: install
+	$(BIN)/python -m notifications.fcm_stub --bench $${BENCH_COUNT:-5000} --repeats 3

@@ -160,13 +160,30 @@ def fake_service_account(*, token_uri: str, project_id: str = PROJECT_ID) -> dic
     }
 
 
+def _serve(conn: Any) -> None:
+    """Child process: run a stub and report where it is; stop when the parent says so."""
+    with FcmStub() as stub:
+        conn.send((stub.url, stub.credentials_file))
+        conn.recv()
+
+
 def bench(count: int, repeats: int = 3) -> float:
-    """Notifications per second through FcmTransport.send (send_each in batches of 500) against the stub."""
+    """Notifications per second through FcmTransport.send (send_each in batches of 500) against the stub.
+
+    The stub runs in its own process, so the figure is firebase-admin's client path, not the two
+    sharing one interpreter lock.
+    """
+    import multiprocessing
+
     from notifications.fcm import FcmTransport, PushMessage
 
     best = 0.0
-    with FcmStub() as stub:
-        transport = FcmTransport(credentials_file=stub.credentials_file, endpoint=stub.url, timeout_seconds=10)
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=_serve, args=(child,), daemon=True)
+    server.start()
+    url, credentials_file = parent.recv()
+    try:
+        transport = FcmTransport(credentials_file=credentials_file, endpoint=url, timeout_seconds=10)
         messages = [
             PushMessage(token=f"bench-{i}", title="Glucose alert", body="Open GlucoScope for details.",
                         data={"notification_id": str(i), "kind": "low"}, collapse_id=f"gs-{i}", high_priority=True)
@@ -179,6 +196,9 @@ def bench(count: int, repeats: int = 3) -> float:
             elapsed = time.perf_counter() - started
             assert all(o.ok for o in outcomes), "the stub refused bench messages"
             best = max(best, count / elapsed)
+    finally:
+        parent.send("stop")
+        server.join(timeout=10)
     return best
 
 
