@@ -34,6 +34,7 @@ ERR_REMINDER_NOT_FOUND = "Reminder not found."
 ERR_OBJECT_BODY = "Send a JSON object."
 ERR_REMINDER_WRITE = "Only the patient and their care team can change reminders."
 ERR_MESSAGE_WRITE = "Only the patient's care team can send them messages."
+ERR_BOUNDS_WRITE = "Only the patient's care team sets the bounds of their alert thresholds."
 
 
 class IsPatientAccount(IsPatient):
@@ -272,6 +273,30 @@ class PatientMessagesApi(APIView):
         except services.NotificationError as exc:
             raise _invalid(exc) from None
         return Response(notification_json(notification), status=status.HTTP_201_CREATED)
+
+
+class PatientNotificationPreferencesApi(APIView):
+    """The care team reads a patient's notification settings and sets the bounds of their thresholds."""
+
+    permission_classes: list[type[BasePermission]] = [IsPerson]
+
+    @extend_schema(responses=inline_serializer("PatientNotificationPreferences", {"bounds": serializers.DictField()}))
+    def get(self, request: Request, patient_id: int) -> Response:
+        patient = patient_get_for_user(user=_user(request), patient_id=patient_id)
+        return Response(preference_json(services.preference_for(patient=patient)))
+
+    @extend_schema(request=inline_serializer("NotificationBounds", {
+        name: serializers.IntegerField(required=False) for name in sorted(services.BOUND_FIELDS)
+    }), responses=inline_serializer("PatientNotificationPreferencesOut", {"bounds": serializers.DictField()}))
+    def patch(self, request: Request, patient_id: int) -> Response:
+        patient = patient_get_for_user(user=_user(request), patient_id=patient_id)
+        if _user(request).role != Role.CLINICIAN:
+            raise PermissionDenied(ERR_BOUNDS_WRITE)
+        try:
+            preference = services.preference_bounds_update(patient=patient, bounds=_body(request))
+        except services.NotificationError as exc:
+            raise _invalid(exc) from None
+        return Response(preference_json(preference))
 
 
 # --- Reminders ---------------------------------------------------------------------------------

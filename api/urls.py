@@ -35,6 +35,7 @@ v1 = [
     path("patients/<int:patient_id>/messages", notifications.PatientMessagesApi.as_view(), name="patient-messages"),
     path("patients/<int:patient_id>/reminders", notifications.PatientRemindersApi.as_view(), name="patient-reminders"),
     path("patients/<int:patient_id>/reminders/<int:reminder_id>", notifications.PatientReminderApi.as_view(), name="patient-reminder"),
+    path("patients/<int:patient_id>/notification-preferences", notifications.PatientNotificationPreferencesApi.as_view(), name="patient-notification-preferences"),
 ]
 
 nightscout_v1 = [

@@ -55,7 +55,7 @@ ERR_FIELD_TOO_LONG = "At most {limit} characters."
 ERR_UNKNOWN_FIELD = "Unknown field."
 ERR_THRESHOLD_BOUNDS = "Must be between {low} and {high} mg/dL (your care team's bounds)."
 ERR_THRESHOLDS_ORDER = "The low threshold must be below the high threshold."
-ERR_BOUNDS = "Bounds must satisfy {low_min} ≤ min ≤ max ≤ {high_max}."
+ERR_BOUNDS = "Each minimum must not exceed its maximum."
 ERR_PROBABILITY = "A probability between 0.05 and 0.95."
 ERR_TIME = "A local time as HH:MM."
 ERR_QUIET_PAIR = "Set both quiet_start and quiet_end, or neither."
@@ -226,17 +226,25 @@ def preference_update(*, patient: Patient, changes: dict[str, Any]) -> Preferenc
     return preference
 
 
-def preference_bounds_update(*, patient: Patient, bounds: dict[str, int]) -> Preference:
-    """The care team's bounds (admin for now); thresholds already outside are pulled inside."""
-    preference = preference_for(patient=patient)
-    merged = {name: bounds.get(name, getattr(preference, name)) for name in BOUND_FIELDS}
-    from notifications.models import HIGH_THRESHOLD_MAX, LOW_THRESHOLD_MIN
+@transaction.atomic
+def preference_bounds_update(*, patient: Patient, bounds: dict[str, Any]) -> Preference:
+    """The care team's bounds for the patient's thresholds; thresholds already outside are pulled inside."""
+    from notifications.models import HIGH_THRESHOLD_MAX, HIGH_THRESHOLD_MIN, LOW_THRESHOLD_MAX, LOW_THRESHOLD_MIN
 
+    preference = Preference.objects.select_for_update().get(pk=preference_for(patient=patient).pk)
+    for name, value in bounds.items():
+        if name not in BOUND_FIELDS:
+            raise NotificationError(name, ERR_UNKNOWN_FIELD)
+        if name.startswith("low_"):
+            _int_in(name, value, LOW_THRESHOLD_MIN, LOW_THRESHOLD_MAX)
+        else:
+            _int_in(name, value, HIGH_THRESHOLD_MIN, HIGH_THRESHOLD_MAX)
+    merged = {name: bounds.get(name, getattr(preference, name)) for name in BOUND_FIELDS}
     if not (
-        LOW_THRESHOLD_MIN <= merged["low_threshold_min"] <= merged["low_threshold_max"]
-        < merged["high_threshold_min"] <= merged["high_threshold_max"] <= HIGH_THRESHOLD_MAX
+        merged["low_threshold_min"] <= merged["low_threshold_max"]
+        and merged["high_threshold_min"] <= merged["high_threshold_max"]
     ):
-        raise NotificationError("bounds", ERR_BOUNDS.format(low_min=LOW_THRESHOLD_MIN, high_max=HIGH_THRESHOLD_MAX))
+        raise NotificationError("bounds", ERR_BOUNDS)
     for name, value in merged.items():
         setattr(preference, name, value)
     preference.low_threshold_mgdl = min(max(preference.low_threshold_mgdl, merged["low_threshold_min"]), merged["low_threshold_max"])

@@ -101,6 +101,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("v1:patient-reminders", "post"): {**PATIENT_SCOPED_READ, "patient": 201, "caregiver": 403, "clinician": 201},
     ("v1:patient-reminder", "patch"): {**PATIENT_SCOPED_READ, "caregiver": 403},
     ("v1:patient-reminder", "delete"): {**PATIENT_SCOPED_READ, "patient": 204, "caregiver": 403, "clinician": 204},
+    ("v1:patient-notification-preferences", "get"): PATIENT_SCOPED_READ,
+    ("v1:patient-notification-preferences", "patch"): {**PATIENT_SCOPED_READ, "patient": 403, "caregiver": 403},
 }
 
 
@@ -156,6 +158,7 @@ def request_body(name: str, world: World, team_id: int) -> Any:
         "v1:patient-messages": {"text": "Please call the clinic."},
         "v1:patient-reminders": {"kind": "glucose_check", "local_time": "08:00"},
         "v1:patient-reminder": {"local_time": "09:00"},
+        "v1:patient-notification-preferences": {"low_threshold_min": 70, "low_threshold_max": 85},
     }.get(name)
 
 

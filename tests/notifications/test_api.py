@@ -143,7 +143,7 @@ def test_the_care_teams_bounds_limit_the_patients_thresholds(world: World) -> No
     response = patch(world.client("patient"), "/api/v1/me/notification-preferences", {"low_threshold_mgdl": 75})
     assert errors(response, "low_threshold_mgdl") == [services.ERR_THRESHOLD_BOUNDS.format(low=80, high=100)]
     with pytest.raises(services.NotificationError):
-        services.preference_bounds_update(patient=world.alice, bounds={"high_threshold_min": 90})
+        services.preference_bounds_update(patient=world.alice, bounds={"high_threshold_min": 140})
 
 
 # --- Inbox, ack, feedback, receipts ------------------------------------------------------------
@@ -295,3 +295,32 @@ def test_a_reminder_of_another_patient_is_404(world: World) -> None:
                    {"kind": "glucose_check", "local_time": "12:00"}).json()
     response = patch(world.client("patient"), f"/api/v1/patients/{world.alice.pk}/reminders/{created['id']}", {"local_time": "13:00"})
     assert response.status_code == 404 and response.json()["detail"] == views.ERR_REMINDER_NOT_FOUND
+
+
+def test_the_care_team_sets_the_bounds_and_the_patients_threshold_follows(world: World) -> None:
+    url = f"/api/v1/patients/{world.alice.pk}/notification-preferences"
+    response = patch(world.client("clinician"), url, {"low_threshold_min": 75, "low_threshold_max": 85})
+    assert response.status_code == 200 and response.json()["bounds"]["low_threshold_mgdl"] == [75, 85]
+    assert response.json()["low_threshold_mgdl"] == 75  # pulled inside the new bounds
+    assert world.client("caregiver").get(url).json()["bounds"]["low_threshold_mgdl"] == [75, 85]
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"low_threshold_min": 90, "low_threshold_max": 80}, "bounds", services.ERR_BOUNDS),
+    ({"high_threshold_min": 320}, "bounds", services.ERR_BOUNDS),
+    ({"high_threshold_min": 100}, "high_threshold_min", services.ERR_INTEGER.format(low=150, high=400)),
+    ({"low_threshold_min": 10}, "low_threshold_min", services.ERR_INTEGER.format(low=55, high=100)),
+    ({"low_threshold_min": "70"}, "low_threshold_min", services.ERR_INTEGER.format(low=55, high=100)),
+    ({"low_threshold_mgdl": 70}, "low_threshold_mgdl", services.ERR_UNKNOWN_FIELD),
+])
+def test_bad_bounds_are_refused(world: World, body: dict[str, Any], field: str, message: str) -> None:
+    response = patch(world.client("clinician"), f"/api/v1/patients/{world.alice.pk}/notification-preferences", body)
+    assert response.status_code == 400 and errors(response, field) == [message]
+
+
+def test_only_the_care_team_sets_bounds(world: World) -> None:
+    url = f"/api/v1/patients/{world.alice.pk}/notification-preferences"
+    for role in ("patient", "caregiver"):
+        response = patch(world.client(role), url, {"low_threshold_min": 60})
+        assert response.status_code == 403 and response.json()["detail"] == views.ERR_BOUNDS_WRITE
+    assert patch(world.client("other_clinician"), url, {"low_threshold_min": 60}).status_code == 404

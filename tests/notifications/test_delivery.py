@@ -178,3 +178,20 @@ def test_a_dedupe_key_creates_the_row_once() -> None:
     again = services.notification_create(patient=patient, recipient=patient.user, kind=Kind.LOW, dedupe_key="k1")
     assert first is not None and again is None
     assert Notification.objects.filter(dedupe_key="k1").count() == 1
+
+
+def test_an_fcm_outage_delays_the_push_but_loses_nothing(tmp_path, fcm_stub: FcmStub, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    with FcmStub(directory=tmp_path) as gone:
+        down = FcmTransport(credentials_file=gone.credentials_file, endpoint=gone.url, timeout_seconds=1, max_attempts=2,
+                            sleep=lambda s: None)
+    patient = PatientFactory()
+    register(patient, "phone-outage")
+    with django_capture_on_commit_callbacks(execute=False):
+        notification = make_notification(patient, kind=Kind.URGENT_LOW)
+    assert services.notifications_deliver(notification_ids=[notification.pk], transport=down).requeued == 1
+    notification.refresh_from_db()
+    assert notification.status == Status.QUEUED and notification.reason.startswith("retrying: ")
+    up = FcmTransport(credentials_file=fcm_stub.credentials_file, endpoint=fcm_stub.url, sleep=lambda s: None)
+    services.notifications_deliver(notification_ids=[notification.pk], transport=up, now=timezone.now() + timedelta(hours=1))
+    notification.refresh_from_db()
+    assert notification.status == Status.SENT and len(fcm_stub.state.delivered_to("phone-outage")) == 1

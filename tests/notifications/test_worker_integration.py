@@ -16,11 +16,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from glucoscope.patients.models import Role
 from notifications import services
 from notifications.fcm_stub import FcmStub
 from notifications.models import DeviceToken, Kind, Notification, Status
 from tests.conftest import bearer
-from tests.factories import PatientFactory
+from tests.factories import PatientFactory, UserFactory
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -94,3 +95,33 @@ def test_falling_readings_push_one_predicted_low_to_the_device_and_prune_the_dea
     assert len(stub.state.delivered_to("live-phone-token")) == 1
     assert Notification.objects.filter(patient=patient).exclude(kind=Kind.PREDICTED_LOW).filter(status=Status.SENT).count() == 0
     assert Notification.objects.filter(patient=patient, kind=Kind.PREDICTED_LOW).count() == 1
+
+
+def test_a_notification_created_while_redis_is_down_is_sent_by_the_sweeper_when_it_returns(
+    notify_worker: subprocess.Popen[bytes], stub_for_worker: FcmStub
+) -> None:
+    from tests.integration.conftest import REDIS_RESTART, redis_is_up
+
+    patient = PatientFactory()
+    services.device_register(user=patient.user, token="outage-phone", platform="android")
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False)
+    wait_for(lambda: not redis_is_up(), timeout=10, what="Redis to stop")
+    try:
+        # Committed (transactional_db), so the publish runs on commit and fails: the row must survive it.
+        clinician = UserFactory(role=Role.CLINICIAN)
+        notification = services.care_message_send(patient=patient, author=clinician, text="Call the clinic.")
+        assert Notification.objects.get(pk=notification.pk).status == Status.QUEUED
+    finally:
+        subprocess.run(REDIS_RESTART, check=True)
+        wait_for(redis_is_up, timeout=10, what="Redis to restart")
+
+    def sweep() -> bool:
+        try:
+            services.notifications_sweep(now=timezone.now() + timedelta(minutes=1))
+        except Exception:  # the first publish after a restart may meet a stale pooled connection
+            return False
+        return bool(stub_for_worker.state.delivered_to("outage-phone"))
+
+    wait_for(sweep, timeout=60, what="the sweeper and worker to send the held notification")
+    wait_for(lambda: Notification.objects.get(pk=notification.pk).status == Status.SENT, what="the row to be sent")
+    assert len(stub_for_worker.state.delivered_to("outage-phone")) == 1
