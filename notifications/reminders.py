@@ -148,7 +148,7 @@ def reminder_text(reminder: Reminder) -> tuple[str, str]:
         ReminderKind.GLUCOSE_CHECK: "Time to check your glucose", ReminderKind.MEAL_LOG: "Log your meal",
         ReminderKind.SENSOR_CHANGE: "Time to change your sensor",
     }
-    return titles[ReminderKind(reminder.kind)], reminder.label
+    return titles[ReminderKind(reminder.kind)], reminder.label or "Open GlucoScope."
 
 
 def reminders_fire_due(*, now: datetime | None = None) -> list[int]:

@@ -286,6 +286,7 @@ def _local_day_start(patient: Patient, now: datetime) -> datetime:
     return datetime.combine(local.date(), time(0), tzinfo=local.tzinfo)
 
 
+UNCAPPED_KINDS = frozenset({Kind.CARE_MESSAGE, Kind.REMINDER})
 _COUNTED = [Status.QUEUED, Status.SENDING, Status.SENT, Status.DELIVERED, Status.OPENED, Status.ACKED]
 
 
@@ -383,7 +384,8 @@ def notification_create(
                 send_after = quiet_hours_end(preference=preference, local=local).astimezone(ZoneInfo("UTC"))
             else:
                 status, reason = Status.SUPPRESSED, "quiet_hours"
-        if status == Status.QUEUED and recipient.pk == patient.user_id and kind != Kind.CARE_MESSAGE:
+        # The cap is against alert fatigue; reminders the patient scheduled and messages from their team are not capped.
+        if status == Status.QUEUED and recipient.pk == patient.user_id and kind not in UNCAPPED_KINDS:
             if pushes_today(patient=patient, now=now) >= settings.PUSH_MAX_PER_PATIENT_PER_DAY:
                 status, reason = Status.SUPPRESSED, "daily_cap"
     title, body = _text(kind, details, text) if text is not None or kind in DETAILED_TEXT else GENERIC_TEXT[kind]

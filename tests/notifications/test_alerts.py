@@ -119,7 +119,9 @@ def test_the_daily_cap_suppresses_non_urgent_pushes(settings) -> None:
     second = services.notification_create(patient=patient, recipient=patient.user, kind=Kind.RISING_FAST)
     urgent = services.notification_create(patient=patient, recipient=patient.user, kind=Kind.URGENT_LOW)
     assert first and second and urgent
+    reminder = services.notification_create(patient=patient, recipient=patient.user, kind=Kind.REMINDER)
     assert (first.status, second.status, second.reason, urgent.status) == (Status.QUEUED, Status.SUPPRESSED, "daily_cap", Status.QUEUED)
+    assert reminder and reminder.status == Status.QUEUED  # scheduled by the patient: never capped
 
 
 def test_disabled_kinds_are_recorded_as_suppressed() -> None:

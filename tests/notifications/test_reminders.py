@@ -123,3 +123,15 @@ def test_inactive_and_deleted_reminders_do_not_fire() -> None:
     deleted = make(patient, "08:00", now=datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
     reminders.reminder_delete(reminder=deleted)
     assert reminders.reminders_fire_due(now=paused.next_fire_at + timedelta(minutes=1)) == []
+
+
+def test_reminder_text_stays_out_of_the_push_unless_details_are_allowed(settings) -> None:  # type: ignore[no-untyped-def]
+    patient = PatientFactory(time_zone="UTC")
+    reminder = make(patient, "08:00", now=datetime(2026, 6, 1, 0, 0, tzinfo=UTC), label="Metformin 500 mg")
+    [generic_id] = reminders.reminders_fire_due(now=reminder.next_fire_at)
+    generic = Notification.objects.get(pk=generic_id)
+    assert (generic.title, generic.body) == ("Reminder", "Open GlucoScope.") and generic.details["label"] == "Metformin 500 mg"
+    settings.PUSH_INCLUDE_DETAILS = True
+    [detailed_id] = reminders.reminders_fire_due(now=Reminder.objects.get(pk=reminder.pk).next_fire_at)
+    detailed = Notification.objects.get(pk=detailed_id)
+    assert (detailed.title, detailed.body) == ("Insulin reminder", "Metformin 500 mg")
