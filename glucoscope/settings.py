@@ -268,3 +268,8 @@ INSTALLED_APPS += ["glucoscope.web"]
 CELERY_BEAT_SCHEDULE["forecasting.stratify_glucotypes"] = {"task": "forecasting.stratify_glucotypes", "schedule": 86400.0}
 LOGIN_URL = "web:login"
 LOGIN_REDIRECT_URL = "web:dashboard"
+# The triage table's per-day range counts: recent days after ingest every 5 min, everything nightly.
+CELERY_BEAT_SCHEDULE["forecasting.refresh_triage_counts"] = {"task": "forecasting.refresh_triage_counts", "schedule": 300.0}
+CELERY_BEAT_SCHEDULE["forecasting.refresh_triage_counts_full"] = {
+    "task": "forecasting.refresh_triage_counts", "schedule": 86400.0, "kwargs": {"full": True},
+}

@@ -2,19 +2,21 @@
 
 The triage table costs a fixed number of queries whatever the number of patients (asserted in
 tests/web/test_dashboard.py): one for the patients with their latest reading, forecast risk and
-glucotype as correlated subqueries that walk the (patient, time) indexes, and one grouped
-aggregate of reading counts per glucose range for the current and the previous 14 days.
+glucotype as correlated subqueries that walk the (patient, time) indexes, and one grouped sum of
+the pre-aggregated per-day range counts (glucoscope/web/models.py) for the current and the
+previous 14 UTC days. The live figures (latest reading, predicted-low risk) are never stale; the
+14-day figures lag new readings by at most the 5-minute refresh.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import OuterRef, Q, Subquery, Sum
 from django.http import Http404
 from django.utils import timezone
 
@@ -22,8 +24,10 @@ from forecasting.glucotypes import latest_glucotype_subquery
 from forecasting.models import Forecast, ForecastStatus
 from glucoscope.patients.models import Patient, Role, User
 from glucoscope.patients.selectors import patients_visible_to
-from glucoscope.readings.models import GlucoseReading, SensorFlag
+from glucoscope.readings.models import GlucoseReading
 from glucoscope.web.analytics import DEFAULT_PERIOD_DAYS, gri_from_counts
+from glucoscope.web.models import PatientDayCounts
+from glucoscope.web.services import COUNT_FIELDS
 
 # Consensus targets (Battelino et al., Diabetes Care 2019): TBR<70 <4 %, TBR<54 <1 %, TIR >70 %.
 TBR_70_TARGET = 4.0
@@ -113,20 +117,6 @@ def patient_for_clinician(*, user: User, patient_id: int) -> Patient:
     return patient
 
 
-def _range_counts(prefix: str, start: datetime, end: datetime) -> dict[str, Count]:
-    period = Q(measured_at__gte=start, measured_at__lt=end)
-    value = Q(sensor_flag=SensorFlag.NONE)
-    # Sensor Low/High count as 40/400 mg/dL (docs/metrics.md): very low and very high.
-    return {
-        f"{prefix}_n": Count("pk", filter=period),
-        f"{prefix}_vlow": Count("pk", filter=period & (Q(sensor_flag=SensorFlag.LOW) | (value & Q(value_mgdl__lt=54)))),
-        f"{prefix}_low": Count("pk", filter=period & value & Q(value_mgdl__gte=54, value_mgdl__lt=70)),
-        f"{prefix}_tir": Count("pk", filter=period & value & Q(value_mgdl__gte=70, value_mgdl__lte=180)),
-        f"{prefix}_high": Count("pk", filter=period & value & Q(value_mgdl__gt=180, value_mgdl__lte=250)),
-        f"{prefix}_vhigh": Count("pk", filter=period & (Q(sensor_flag=SensorFlag.HIGH) | (value & Q(value_mgdl__gt=250)))),
-    }
-
-
 def triage_rows(
     *,
     user: User,
@@ -137,8 +127,9 @@ def triage_rows(
 ) -> list[TriageRow]:
     """The clinician's consenting patients with triage figures, filtered and sorted (most urgent first)."""
     now = now or timezone.now()
-    current_start = now - timedelta(days=DEFAULT_PERIOD_DAYS)
-    previous_start = current_start - timedelta(days=DEFAULT_PERIOD_DAYS)
+    today = now.astimezone(UTC).date()
+    current_first = today - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
+    previous_first = current_first - timedelta(days=DEFAULT_PERIOD_DAYS)
     visible = patients_visible_to(user=user)
     latest = GlucoseReading.objects.filter(patient=OuterRef("pk"), is_calibration=False).order_by("-measured_at")
     fresh_forecast = Forecast.objects.filter(
@@ -152,22 +143,22 @@ def triage_rows(
         low_risk=Subquery(fresh_forecast.values("risk__below_70_30min")[:1]),
         glucotype=latest_glucotype_subquery(),
     )
+    # Range counts come from the pre-aggregated day table (glucoscope/web/models.py): 28 rows per patient.
+    cur, prev = Q(day__gte=current_first), Q(day__lt=current_first)
+    sums = {f"cur_{f}": Sum(f, filter=cur) for f in COUNT_FIELDS} | {f"prev_{f}": Sum(f, filter=prev) for f in COUNT_FIELDS}
     counts: dict[int, dict[str, int]] = {
-        row["patient_id"]: row  # type: ignore[misc]
-        for row in GlucoseReading.objects.filter(
-            patient__in=visible, is_calibration=False, measured_at__gte=previous_start, measured_at__lt=now
-        ).order_by().values("patient_id").annotate(
-            **_range_counts("cur", current_start, now), **_range_counts("prev", previous_start, current_start)
-        )
+        row["patient_id"]: {k: v or 0 for k, v in row.items()}  # type: ignore[misc]
+        for row in PatientDayCounts.objects.filter(patient__in=visible, day__gte=previous_first, day__lte=today)
+        .order_by().values("patient_id").annotate(**sums)
     }
     rows = []
     for p in patients:
         c = counts.get(p.pk, {})
         n = c.get("cur_n", 0)
-        gri, zone = gri_from_counts(n=n, very_low=c.get("cur_vlow", 0), low=c.get("cur_low", 0),
-                                    high=c.get("cur_high", 0), very_high=c.get("cur_vhigh", 0))
-        gri_prev, _ = gri_from_counts(n=c.get("prev_n", 0), very_low=c.get("prev_vlow", 0), low=c.get("prev_low", 0),
-                                      high=c.get("prev_high", 0), very_high=c.get("prev_vhigh", 0))
+        gri, zone = gri_from_counts(n=n, very_low=c.get("cur_very_low", 0), low=c.get("cur_low", 0),
+                                    high=c.get("cur_high", 0), very_high=c.get("cur_very_high", 0))
+        gri_prev, _ = gri_from_counts(n=c.get("prev_n", 0), very_low=c.get("prev_very_low", 0), low=c.get("prev_low", 0),
+                                      high=c.get("prev_high", 0), very_high=c.get("prev_very_high", 0))
         pct = 100.0 / n if n else None
         row = TriageRow(
             patient_id=p.pk, name=p.user.get_full_name() or p.user.username, username=p.user.username,
@@ -176,9 +167,9 @@ def triage_rows(
             last_flag=p.last_flag or "", last_direction=p.last_direction or "",  # type: ignore[attr-defined]
             predicted_low_risk=p.low_risk,  # type: ignore[attr-defined]
             n_readings=n,
-            tbr_70=None if pct is None else (c["cur_vlow"] + c["cur_low"]) * pct,
-            tbr_54=None if pct is None else c["cur_vlow"] * pct,
-            tir=None if pct is None else c["cur_tir"] * pct,
+            tbr_70=None if pct is None else (c["cur_very_low"] + c["cur_low"]) * pct,
+            tbr_54=None if pct is None else c["cur_very_low"] * pct,
+            tir=None if pct is None else c["cur_in_range"] * pct,
             gri=gri, gri_zone=zone, gri_previous=gri_prev,
             stale=p.last_at is None or now - p.last_at > STALE_AFTER,  # type: ignore[attr-defined]
         )

@@ -6,6 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from forecasting import glucotypes
+from glucoscope.web import services
 
 
 @shared_task(
@@ -22,3 +23,11 @@ def stratify_glucotypes(metric: str = "euclidean") -> dict[str, int]:
     """Periodic (beat) glucotype stratification of every patient with enough data; idempotent per run."""
     result = glucotypes.glucotypes_stratify(metric="dtw" if metric == "dtw" else "euclidean")
     return {"model_id": result.model.pk, "assigned": result.n_assigned, "skipped": result.n_skipped}
+
+
+@shared_task(name="forecasting.refresh_triage_counts", soft_time_limit=1500, time_limit=1600)
+def refresh_triage_counts(full: bool = False) -> int:
+    """Every 5 min: recent days of patients with new data; nightly with full=True: the whole 28 days, everyone."""
+    if full:
+        return services.day_counts_refresh(patient_ids=None, days=services.TRIAGE_DAYS)
+    return services.day_counts_refresh_recent()

@@ -19,7 +19,7 @@ from glucoscope.patients import services as patient_services
 from glucoscope.patients.models import Role
 from tests.analytics.helpers import add_readings
 from tests.factories import CareTeamFactory, PatientFactory, UserFactory, consent
-from tests.web.conftest import add_forecast, add_glucotype
+from tests.web.conftest import add_forecast, add_glucotype, refresh_counts
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -61,6 +61,7 @@ def clinic(settings):  # type: ignore[no-untyped-def]
     add_forecast(patients[0], below_70_30min=0.78, start=62.0, slope_per_min=-0.15)
     add_forecast(patients[1], below_70_30min=0.04)
     add_glucotype(patients, ["severe", "low", "moderate", "severe", "low", "moderate"])
+    refresh_counts()
     yield patients
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 

@@ -9,6 +9,7 @@ from django.utils import timezone
 from forecasting import services as forecasting_services
 from forecasting.models import Forecast, ForecastStatus, GlucotypeAssignment, GlucotypeModel, RiskAssessment
 from glucoscope.patients.models import Patient, User
+from glucoscope.web.services import TRIAGE_DAYS, day_counts_refresh
 
 
 def session_client(user: User | None) -> Client:
@@ -48,3 +49,8 @@ def _plain_http_sessions(settings) -> None:  # type: ignore[no-untyped-def]
     # Tests run in production mode over plain HTTP; secure-only cookies would never come back.
     settings.SESSION_COOKIE_SECURE = False
     settings.CSRF_COOKIE_SECURE = False
+
+
+def refresh_counts() -> None:
+    """What the nightly task does: recount the triage day table for everyone."""
+    day_counts_refresh(patient_ids=None, days=TRIAGE_DAYS)

@@ -13,7 +13,7 @@ from glucoscope.web import selectors
 from tests.analytics.helpers import add_readings
 from tests.conftest import World
 from tests.factories import PatientFactory, consent
-from tests.web.conftest import add_forecast, add_glucotype, session_client
+from tests.web.conftest import add_forecast, add_glucotype, refresh_counts, session_client
 
 pytestmark = pytest.mark.django_db
 
@@ -32,6 +32,7 @@ def test_rows_have_cited_figures_and_need_order(world: World) -> None:
     add_readings(silent, [120.0] * 100, end=timezone.now() - timedelta(hours=3))
     add_readings(world.alice, [120.0] * 100)
     add_forecast(world.alice, below_70_30min=0.9)
+    refresh_counts()
     rows = selectors.triage_rows(user=world.clinician)
     by_id = {r.patient_id: r for r in rows}
     assert [r.patient_id for r in rows][:3] == [world.alice.pk, hypo.pk, silent.pk]
@@ -45,6 +46,7 @@ def test_rows_have_cited_figures_and_need_order(world: World) -> None:
 def test_worsening_compares_with_the_previous_14_days(world: World) -> None:
     add_readings(world.alice, [120.0] * 50, end=timezone.now() - timedelta(days=20))
     add_readings(world.alice, [60.0] * 10 + [120.0] * 40)
+    refresh_counts()
     row = selectors.triage_rows(user=world.clinician)[0]
     assert row.gri_previous == 0.0 and row.gri_change == pytest.approx(48.0) and row.worsening
 
@@ -56,6 +58,7 @@ def test_filters_and_sorts(world: World) -> None:
     add_readings(world.alice, [60.0] * 50)
     add_readings(other, [200.0] * 50)
     add_glucotype([world.alice, other], ["severe", "low"])
+    refresh_counts()
     assert [r.patient_id for r in selectors.triage_rows(user=world.clinician, glucotype="low")] == [other.pk]
     assert [r.patient_id for r in selectors.triage_rows(user=world.clinician, risk="tbr_above_target")] == [world.alice.pk]
     assert [r.patient_id for r in selectors.triage_rows(user=world.clinician, sort="gri")] == [world.alice.pk, other.pk]
@@ -75,6 +78,7 @@ def _dashboard_queries(world: World) -> int:
 def test_query_count_does_not_grow_with_patients(world: World) -> None:
     team = team_of(world)
     add_readings(world.alice, [110.0] * 20)
+    refresh_counts()
     few = _dashboard_queries(world)
     patients = [PatientFactory() for _ in range(60)]
     for i, p in enumerate(patients):
@@ -83,6 +87,7 @@ def test_query_count_does_not_grow_with_patients(world: World) -> None:
         if i % 3 == 0:
             add_forecast(p, below_70_30min=i / 100)
     add_glucotype(patients[:30], ["moderate"] * 30)
+    refresh_counts()
     many = _dashboard_queries(world)
     assert many == few, f"{few} queries for 1 patient, {many} for 61"
     assert many <= 5  # session, user, patients with subqueries, the grouped range counts
