@@ -67,6 +67,8 @@ class SubjectReadings:
     insulin: np.ndarray | None = None
     raw_timestamps: np.ndarray | None = None
     cohort: str = ""
+    #: The subject's row of ``<cohort>-metadata.csv`` (age, diabetes type, ...), if any.
+    info: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.times.shape[0])
@@ -237,10 +239,24 @@ def load_cohorts(data_dir: str | Path, cohorts: tuple[str, ...] = TYPE1_COHORTS)
         meta = read_metadata(meta_path) if meta_path.exists() else {}
         for sid, readings in subjects.items():
             readings.cohort = name
-            if sid in meta:
-                readings.subject_id = sid
+            readings.info = meta.get(sid, {})
             out[f"{name}/{sid}"] = readings
     return out
+
+
+def age_band(info: dict[str, str]) -> str:
+    """Age group label used to audit bias (GUIDE section 8): child, adolescent, adult, older adult."""
+    try:
+        age = float(info.get("age", ""))
+    except ValueError:
+        return "age unknown"
+    if age < 13:
+        return "child (<13)"
+    if age < 18:
+        return "adolescent (13-17)"
+    if age < 65:
+        return "adult (18-64)"
+    return "older adult (65+)"
 
 
 def build_grid(readings: SubjectReadings) -> Grid:

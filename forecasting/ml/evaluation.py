@@ -358,12 +358,21 @@ def collect_predictions(
     )
 
 
-def summarise(data: EvaluationData, by_cohort: bool = True) -> list[dict[str, object]]:
-    """Metric rows: one per (cohort, horizon, method), plus an "all" cohort."""
+def summarise(
+    data: EvaluationData, by_cohort: bool = True, subject_groups: dict[str, str] | None = None
+) -> list[dict[str, object]]:
+    """Metric rows: one per (group, horizon, method), plus an "all" group.
+
+    Groups are the cohorts, or, when ``subject_groups`` maps subject keys to
+    labels (age band, diabetes type), those labels.
+    """
     groups: list[tuple[str, np.ndarray]] = [("all", np.ones(data.cohort.shape, dtype=bool))]
+    labels = data.cohort
+    if subject_groups is not None:
+        labels = np.array([subject_groups.get(str(k), "unknown") for k in data.subject], dtype=object)
     if by_cohort:
-        for c in sorted(set(data.cohort.tolist())):
-            groups.append((str(c), data.cohort == c))
+        for c in sorted(set(labels.tolist())):
+            groups.append((str(c), labels == c))
         if len(groups) == 2:
             groups = groups[:1]
     rows: list[dict[str, object]] = []

@@ -18,7 +18,7 @@ import pandas as pd
 
 from forecasting.ml.artifacts import save_artifact
 from forecasting.ml.baselines import RidgeLagged
-from forecasting.ml.data import TYPE1_COHORTS, SubjectReadings, load_cohorts, read_cgm_csv
+from forecasting.ml.data import TYPE1_COHORTS, SubjectReadings, age_band, load_cohorts, read_cgm_csv
 from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
 from forecasting.ml.evaluation import collect_predictions, format_report, summarise
 from forecasting.ml.inference import Forecaster
@@ -61,6 +61,11 @@ def evaluate_subjects(
         horizons=horizons,
         alert_fn=alert_fn,
     )
+    rows = summarise(data)
+    ages = {key: age_band(r.info) for key, r in subjects.items() if r.info}
+    if ages:
+        # Bias audit by age band (GUIDE section 8), from the cohort metadata.
+        rows += [r for r in summarise(data, subject_groups=ages) if r["cohort"] != "all"]
     calibration: dict[str, Any] = {}
     if forecaster is not None:
         bank, grids = forecaster.make_bank(subjects)
@@ -74,7 +79,7 @@ def evaluate_subjects(
             q = forecaster.predict_bank(bank, o)
             future, _ = bank.targets(o)
             calibration = calibration_report(forecaster.risk(q), event_outcomes(future))
-    return summarise(data), calibration
+    return rows, calibration
 
 
 def format_calibration(report: dict[str, Any]) -> str:

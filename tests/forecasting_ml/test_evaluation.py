@@ -102,3 +102,15 @@ def test_report_compares_baselines_on_the_same_origins(subjects: dict) -> None:
     by = {(r["cohort"], r["horizon"], r["method"]): r for r in rows}
     assert by[("all", 30, "ar2")]["n"] == by[("all", 30, "persistence")]["n"] > 100
     assert "RMSE" in format_report(rows)
+
+
+def test_report_can_be_grouped_by_age_band(subjects: dict) -> None:
+    from forecasting.ml.data import age_band
+
+    assert age_band({"age": "70"}) == "older adult (65+)"
+    assert age_band({"age": "15"}) == "adolescent (13-17)"
+    assert age_band({}) == "age unknown"
+    data = collect_predictions(subjects)
+    groups = {k: ("older adult (65+)" if i % 2 else "adult (18-64)") for i, k in enumerate(subjects)}
+    labels = {r["cohort"] for r in summarise(data, subject_groups=groups)}
+    assert labels == {"all", "older adult (65+)", "adult (18-64)"}

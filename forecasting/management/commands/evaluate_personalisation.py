@@ -49,11 +49,13 @@ class Command(BaseCommand):
                     fit_days=options["fit_days"],
                     config=FineTuneConfig(steps=options["steps"]),
                 )
-        self.stdout.write("| subject | n later | RMSE30 pop | RMSE30 personal | RMSE60 pop | RMSE60 personal |")
-        self.stdout.write("|---|---|---|---|---|---|")
+        self.stdout.write(
+            "| subject | tuned head kept | n later | RMSE30 pop | RMSE30 personal | RMSE60 pop | RMSE60 personal |"
+        )
+        self.stdout.write("|---|---|---|---|---|---|---|")
         for r in rows:
             self.stdout.write(
-                f"| {r['subject']} | {r['n_later']} | {r['population_rmse30']:.1f} | {r['personal_rmse30']:.1f} | "
+                f"| {r['subject']} | {'yes' if r['personalised'] else 'no'} | {r['n_later']} | {r['population_rmse30']:.1f} | {r['personal_rmse30']:.1f} | "
                 f"{r['population_rmse60']:.1f} | {r['personal_rmse60']:.1f} |"
             )
         self.stdout.write(json.dumps(rows, default=float))
