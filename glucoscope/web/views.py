@@ -17,6 +17,7 @@ from django import forms
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -31,12 +32,33 @@ from glucoscope.patients.models import MGDL_PER_MMOLL, Patient, Role
 from glucoscope.web import analytics, charts, selectors
 
 ERR_NOT_CLINICIAN_LOGIN = "This sign-in is for care-team clinicians. Staff use /admin/; patients use the app."
+ERR_TOO_MANY_ATTEMPTS = "Too many failed sign-ins. Try again in 15 minutes."
+# Brute-force guard (OWASP API2:2023 Broken Authentication): failed sign-ins per username and per
+# client address within the window. The API's token endpoint has its own throttle.
+MAX_FAILED_LOGINS = 10
+FAILED_LOGIN_WINDOW_SECONDS = 15 * 60
 UNITS = ("mg/dL", "mmol/L")
 RECENT_HOURS = 6
 
 
 class ClinicianAuthenticationForm(AuthenticationForm):
     """Only clinicians sign in here, so a patient's password never opens another patient's data."""
+
+    def _failure_keys(self) -> list[str]:
+        username = str(self.data.get("username", "")).strip().lower()
+        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+        return [f"web-login-fail:user:{username}", f"web-login-fail:ip:{address}"]
+
+    def clean(self) -> dict[str, Any]:
+        if any((cache.get(key) or 0) >= MAX_FAILED_LOGINS for key in self._failure_keys()):
+            raise forms.ValidationError(ERR_TOO_MANY_ATTEMPTS, code="throttled")
+        try:
+            return super().clean()
+        except forms.ValidationError:
+            for key in self._failure_keys():
+                cache.add(key, 0, FAILED_LOGIN_WINDOW_SECONDS)
+                cache.incr(key)
+            raise
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from glucoscope.web.views import ERR_NOT_CLINICIAN_LOGIN
+from glucoscope.web.views import ERR_NOT_CLINICIAN_LOGIN, ERR_TOO_MANY_ATTEMPTS, MAX_FAILED_LOGINS
 from tests.analytics.helpers import add_readings, synthetic_days
 from tests.conftest import World
 from tests.web.conftest import session_client
@@ -70,3 +70,19 @@ def test_clinician_signs_in_with_a_session_and_patients_cannot(world: World) -> 
 def test_pages_are_not_cached(world: World) -> None:
     response = session_client(world.clinician).get(f"/care/patients/{world.alice.pk}/")
     assert "no-store" in response["Cache-Control"] or "no-cache" in response["Cache-Control"]
+
+
+def test_repeated_failed_sign_ins_are_refused_even_with_the_right_password(world: World) -> None:
+    for _ in range(MAX_FAILED_LOGINS):
+        Client().post("/care/login/", {"username": "dr-dan", "password": "wrong-password-123"})
+    response = Client().post("/care/login/", {"username": "dr-dan", "password": "correct-horse-battery"})
+    assert response.status_code == 200 and ERR_TOO_MANY_ATTEMPTS in response.content.decode()
+
+
+@pytest.mark.parametrize("model", ["forecasting/glucotypemodel", "forecasting/glucotypeassignment", "web/patientdaycounts"])
+def test_staff_see_the_analytics_tables_read_only_in_the_admin(world: World, model: str) -> None:
+    world.staff.is_superuser = True
+    world.staff.save()
+    client = session_client(world.staff)
+    assert client.get(f"/admin/{model}/").status_code == 200
+    assert client.get(f"/admin/{model}/add/").status_code == 403
