@@ -34,14 +34,14 @@ test: install
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/ruff check .
-	DEBUG=true $(BIN)/mypy glucoscope api
+	DEBUG=true $(BIN)/mypy glucoscope api notifications
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
-	DEBUG=true $(BIN)/mypy glucoscope api
+	DEBUG=true $(BIN)/mypy glucoscope api notifications
 
 ## make bench-ingest: HTTP ingest throughput against PostgreSQL, next to COPY and bare-insert ceilings.
 bench-ingest: export SECRET_KEY ?= bench-only-secret-key-not-for-production-0123456789
