@@ -15,4 +15,5 @@ urlpatterns = [
     path("care/patients/<int:patient_id>/recent.svg", views.recent_chart, name="recent-chart"),
     path("care/patients/<int:patient_id>/agp.svg", views.agp_svg, name="agp-svg"),
     path("care/patients/<int:patient_id>/agp.pdf", views.agp_pdf, name="agp-pdf"),
+    path("care/patients/<int:patient_id>/message", views.send_message, name="send-message"),
 ]

@@ -14,22 +14,26 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from forecasting.glucotypes import glucotype_history, glucotype_latest
 from forecasting.selectors import forecast_latest
 from glucoscope.metrics import agp_profile, daily_profiles
 from glucoscope.patients.models import MGDL_PER_MMOLL, Patient, Role
 from glucoscope.web import analytics, charts, selectors
+from notifications.services import MAX_MESSAGE_LENGTH, NotificationError, care_message_send
+
+MESSAGE_SENT = "Message queued for the patient's app (sent outside their quiet hours)."
 
 ERR_NOT_CLINICIAN_LOGIN = "This sign-in is for care-team clinicians. Staff use /admin/; patients use the app."
 ERR_TOO_MANY_ATTEMPTS = "Too many failed sign-ins. Try again in 15 minutes."
@@ -146,7 +150,22 @@ def patient_page(request: HttpRequest, patient_id: int) -> HttpResponse:
         "indicators": indicators, "glucotype": glucotype, "glucotype_history": glucotype_history(patient=patient),
         "notifications": selectors.notifications_sent(patient=patient),
         "sd_display": _glucose(summary.sd, unit), "mean_display": _glucose(summary.mean_glucose, unit),
+        "max_message_length": MAX_MESSAGE_LENGTH,
     })
+
+
+@require_POST
+@clinician_page
+def send_message(request: HttpRequest, patient_id: int) -> HttpResponse:
+    """A care-team message to the patient's app, through the notifications service (CSRF-protected form)."""
+    patient = selectors.patient_for_clinician(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
+    try:
+        care_message_send(patient=patient, author=request.user, text=request.POST.get("text", ""))  # type: ignore[arg-type]
+    except NotificationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, MESSAGE_SENT)
+    return redirect("web:patient", patient_id=patient.pk)
 
 
 def _svg(content: bytes) -> HttpResponse:

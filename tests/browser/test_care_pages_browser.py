@@ -1,6 +1,6 @@
 """The care-team pages in a real browser: Playwright driving Debian's chromium.
 
-Log in, open the dashboard, sort, open a patient and download the AGP PDF. With
+Log in, open the dashboard, sort and filter, open a patient, send them a message and download the AGP PDF. With
 GLUCOSCOPE_SCREENSHOTS=<dir> (``make screenshots``) the dashboard and patient page are saved as PNGs.
 Skips with a message when chromium or playwright is missing; .ci/run installs chromium.
 """
@@ -107,6 +107,11 @@ def test_login_dashboard_sort_patient_and_pdf(live_server, clinic, tmp_path: Pat
             page.wait_for_function(f"document.querySelector('{chart}').complete && document.querySelector('{chart}').naturalWidth > 0")
         if shots:
             page.screenshot(path=f"{shots}/patient.png", full_page=True)
+
+        page.fill("#message-text", "Your readings are falling: please check and eat if low.")
+        page.click("#send-message")
+        page.wait_for_selector(".message-success")
+        assert "Message queued" in page.inner_text(".message-success")
 
         with page.expect_download() as info:
             page.click("#agp-pdf")

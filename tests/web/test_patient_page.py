@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
+from django.utils.html import escape
 
+from glucoscope.web.views import MESSAGE_SENT
+from notifications.models import Kind, Notification
+from notifications.services import ERR_MESSAGE_TEXT, MAX_MESSAGE_LENGTH
 from tests.analytics.helpers import add_readings, synthetic_days
 from tests.conftest import World
 from tests.web.conftest import add_forecast, add_glucotype, session_client
@@ -47,3 +52,29 @@ def test_empty_patient_renders(world: World) -> None:
     assert client.get(f"/care/patients/{world.alice.pk}/").status_code == 200
     assert client.get(f"/care/patients/{world.alice.pk}/agp.pdf").content.startswith(b"%PDF")
     assert b"<svg" in client.get(f"/care/patients/{world.alice.pk}/recent.svg").content
+
+
+def test_clinician_sends_the_patient_a_message_through_notifications(world: World) -> None:
+    client = session_client(world.clinician)
+    response = client.post(f"/care/patients/{world.alice.pk}/message", {"text": "Please call the clinic."}, follow=True)
+    assert escape(MESSAGE_SENT) in response.content.decode()
+    sent = Notification.objects.get(patient=world.alice, kind=Kind.CARE_MESSAGE)
+    assert sent.created_by == world.clinician and sent.details["text"] == "Please call the clinic."
+    empty = client.post(f"/care/patients/{world.alice.pk}/message", {"text": "  "}, follow=True)
+    assert escape(ERR_MESSAGE_TEXT.format(limit=MAX_MESSAGE_LENGTH)) in empty.content.decode()
+    assert Notification.objects.filter(patient=world.alice).count() == 1
+
+
+def test_message_access_and_method(world: World) -> None:
+    url = f"/care/patients/{world.alice.pk}/message"
+    assert session_client(world.other_clinician).post(url, {"text": "hi"}).status_code == 404
+    assert session_client(world.alice.user).post(url, {"text": "hi"}).status_code == 403
+    assert session_client(None).post(url, {"text": "hi"}).status_code == 302
+    assert session_client(world.clinician).get(url).status_code == 405
+    assert not Notification.objects.exists()
+
+
+def test_message_form_needs_the_csrf_token(world: World) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.clinician)
+    assert client.post(f"/care/patients/{world.alice.pk}/message", {"text": "hi"}).status_code == 403
