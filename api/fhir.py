@@ -13,7 +13,11 @@ HL7 International / Orders and Observations, "Continuous Glucose Monitoring" IG 
 The IG's ranges are *exclusive* buckets (low is 54–69 without <54), unlike the consensus's
 cumulative TBR/TAR, so low = TBR<70 − TBR<54 and high = TAR>180 − TAR>250. The values are the
 same cross-checked metrics the JSON API serves (glucoscope/metrics). The Bundle is a `collection`
-(a read-out); `$submit-cgm-bundle` import is not implemented.
+(a read-out).
+
+`POST patients/{id}/fhir/$submit-cgm-bundle` imports the sensor-reading Observations of a submitted
+Bundle through the same validation and dedupe as `POST readings`. Summary Observations are not
+imported: GlucoScope recomputes every summary from the readings, so they are counted as ignored.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,13 +37,23 @@ from rest_framework.views import APIView
 from api.analytics import PERIOD, analytics_period
 from api.forecasts import UNIT_PARAMETER
 from api.query import glucose_unit
+from api.views import BatchTooLarge
 from glucoscope.metrics import GlucoseSummary
-from glucoscope.patients.models import MGDL_PER_MMOLL, Patient
+from glucoscope.patients.models import MGDL_PER_MMOLL, Patient, Role
 from glucoscope.patients.selectors import patient_get_for_user
-from glucoscope.readings.models import GlucoseReading, SensorFlag
+from glucoscope.readings.batches import Uploader, reading_batch_ingest
+from glucoscope.readings.models import GlucoseReading, ReadingSource, SensorFlag
 from glucoscope.web import analytics
 
 ERR_INCLUDE = 'include must be "readings" or absent.'
+ERR_NOT_A_BUNDLE = 'Send a FHIR Bundle (resourceType "Bundle", type "transaction" or "collection") with 1 or more entries.'
+ERR_OWN_APP_ONLY = "Only the patient's own app submits CGM bundles."
+ERR_TOO_MANY_ENTRIES = "At most {limit} entries per bundle; split it."
+ERR_NOT_OBSERVATION = "Each entry must hold an Observation resource."
+ERR_SUBJECT = "Observation.subject must reference Patient/{id}."
+ERR_VALUE_QUANTITY = "A sensor reading needs valueQuantity with a value and a unit (mg/dL or mmol/L)."
+ERR_EFFECTIVE = "A sensor reading needs effectiveDateTime (or effectiveInstant) with a UTC offset."
+ERR_UNKNOWN_CODE = "Not a CGM sensor reading (LOINC 99504-3 or 105272-9) or CGM summary code."
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -173,3 +188,80 @@ class PatientCgmSummaryFhirApi(APIView):
             ).order_by("measured_at").values_list("measured_at", "value_mgdl", "sensor_flag"))
         bundle = cgm_summary_bundle(patient=patient, summary=summary, start=start, end=end, unit=unit, readings=readings)
         return Response(bundle, content_type="application/fhir+json")
+
+
+SUMMARY_CODES = {CODE_SUMMARY, CODE_TIMES_IN_RANGES, CODE_GMI, CODE_CV, CODE_DAYS_OF_WEAR, CODE_ACTIVE, *CODE_MEAN.values()}
+
+
+def _loinc_codes(resource: dict[str, Any]) -> set[str]:
+    codings = (resource.get("code") or {}).get("coding") or []
+    return {str(c.get("code")) for c in codings if isinstance(c, dict) and c.get("system") == LOINC}
+
+
+def reading_item_from_observation(resource: Any, *, patient: Patient) -> dict[str, Any] | dict[str, list[str]] | None:
+    """A native reading item from a sensor-reading Observation; None for summary Observations; else field errors."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
+        return {"resource": [ERR_NOT_OBSERVATION]}
+    codes = _loinc_codes(resource)
+    if codes & SUMMARY_CODES:
+        return None
+    if not codes & set(CODE_READING.values()):
+        return {"code": [ERR_UNKNOWN_CODE]}
+    reference = ((resource.get("subject") or {}).get("reference")) if isinstance(resource.get("subject"), dict) else None
+    if reference is not None and reference != f"Patient/{patient.pk}":
+        return {"subject": [ERR_SUBJECT.format(id=patient.pk)]}
+    quantity = resource.get("valueQuantity")
+    if not isinstance(quantity, dict) or quantity.get("value") is None or not (quantity.get("code") or quantity.get("unit")):
+        return {"valueQuantity": [ERR_VALUE_QUANTITY]}
+    when = resource.get("effectiveDateTime") or resource.get("effectiveInstant")
+    if not isinstance(when, str):
+        return {"effectiveDateTime": [ERR_EFFECTIVE]}
+    # A bound beyond the sensor's range is the sensor's Low/High, never a number we invent.
+    comparator = quantity.get("comparator")
+    value = "Low" if comparator in ("<", "<=") else "High" if comparator in (">", ">=") else quantity["value"]
+    return {"patient": patient.pk, "timestamp": when, "value": value, "unit": quantity.get("code") or quantity.get("unit")}
+
+
+class PatientCgmBundleSubmitApi(APIView):
+    """`$submit-cgm-bundle` (HL7 CGM IG): import the sensor readings of a Bundle; the patient's own app only.
+
+    Answers like `POST readings`: `{"accepted", "duplicates", "rejected": [{"index", "errors"}], "ignored"}`,
+    where `index` is the Bundle entry and `ignored` counts summary Observations (recomputed, not imported).
+    """
+
+    @extend_schema(request=inline_serializer("FhirBundleIn", {"resourceType": serializers.CharField()}),
+                   responses=inline_serializer("FhirSubmitOutcome", {"accepted": serializers.IntegerField()}))
+    def post(self, request: Request, patient_id: int) -> Response:
+        patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
+        if request.user.role != Role.PATIENT:  # type: ignore[union-attr]
+            raise PermissionDenied(ERR_OWN_APP_ONLY)
+        bundle = request.data
+        entries = bundle.get("entry") if isinstance(bundle, dict) else None
+        if (not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle"
+                or bundle.get("type") not in ("transaction", "collection") or not isinstance(entries, list) or not entries):
+            raise ValidationError({"non_field_errors": [ERR_NOT_A_BUNDLE]})
+        limit = settings.MAX_BATCH_ITEMS
+        if len(entries) > limit:
+            raise BatchTooLarge(ERR_TOO_MANY_ENTRIES.format(limit=limit))
+        items: list[dict[str, Any]] = []
+        entry_of_item: list[int] = []
+        rejected: list[dict[str, Any]] = []
+        ignored = 0
+        for index, entry in enumerate(entries):
+            item = reading_item_from_observation(entry.get("resource") if isinstance(entry, dict) else None, patient=patient)
+            if item is None:
+                ignored += 1
+            elif "timestamp" in item:
+                items.append(item)
+                entry_of_item.append(index)
+            else:
+                rejected.append({"index": index, "errors": item})
+        accepted = duplicates = 0
+        if items:
+            outcome = reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk), items=items)
+            accepted, duplicates = outcome.accepted, outcome.duplicates
+            rejected += [{"index": entry_of_item[r["index"]], "errors": r["errors"]} for r in outcome.rejected]
+        rejected.sort(key=lambda r: r["index"])
+        body = {"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "ignored": ignored}
+        all_rejected = len(rejected) == len(entries) - ignored and not accepted and not duplicates and rejected
+        return Response(body, status=status.HTTP_400_BAD_REQUEST if all_rejected else status.HTTP_200_OK)

@@ -24,6 +24,7 @@ v1 = [
     path("patients/<int:patient_id>/risk-indicators", analytics.PatientRiskIndicatorsApi.as_view(), name="patient-risk-indicators"),
     path("patients/<int:patient_id>/export.csv", analytics.PatientExportApi.as_view(), name="patient-export"),
     path("patients/<int:patient_id>/fhir/cgm-summary", fhir.PatientCgmSummaryFhirApi.as_view(), name="patient-fhir-cgm-summary"),
+    path("patients/<int:patient_id>/fhir/$submit-cgm-bundle", fhir.PatientCgmBundleSubmitApi.as_view(), name="patient-fhir-submit-cgm-bundle"),
     # Notifications (issue 5): devices, preferences, inbox, acknowledgement, reminders, care-team messages.
     path("me/devices", notifications.MyDevicesApi.as_view(), name="my-devices"),
     path("me/notification-preferences", notifications.MyNotificationPreferencesApi.as_view(), name="my-notification-preferences"),

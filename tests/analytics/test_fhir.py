@@ -8,6 +8,8 @@ from fhir.resources.R4B.observation import Observation
 
 from api import fhir
 from api.fhir import ERR_INCLUDE
+from glucoscope.readings.models import GlucoseReading
+from glucoscope.readings.validation import ERR_TIMESTAMP_NAIVE
 from tests.analytics.helpers import add_readings
 from tests.conftest import World
 
@@ -68,3 +70,60 @@ def test_empty_period_still_validates(world: World) -> None:
 def test_unknown_include_is_rejected(world: World) -> None:
     response = world.client("patient").get(f"/api/v1/patients/{world.alice.pk}/fhir/cgm-summary", {"include": "all"})
     assert response.status_code == 400 and response.json()["include"] == [ERR_INCLUDE]
+
+
+def submit_url(world: World) -> str:
+    return f"/api/v1/patients/{world.alice.pk}/fhir/$submit-cgm-bundle"
+
+
+def reading(when: str, value: float, unit: str = "mg/dL", **quantity: object) -> dict:  # type: ignore[type-arg]
+    return {"resource": {"resourceType": "Observation", "status": "final",
+                         "code": {"coding": [{"system": "http://loinc.org", "code": fhir.CODE_READING[unit]}]},
+                         "effectiveDateTime": when, "valueQuantity": {"value": value, "unit": unit, "code": unit, **quantity}}}
+
+
+def test_round_trip_export_then_submit_imports_the_readings(world: World) -> None:
+    add_readings(world.alice, [100.0, 120.0, "Low"])
+    exported = world.client("patient").get(f"/api/v1/patients/{world.alice.pk}/fhir/cgm-summary",
+                                           {"include": "readings"}).json()
+    GlucoseReading.objects.all().delete()
+    exported["type"] = "transaction"
+    response = world.client("patient").post(submit_url(world), exported, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["accepted"] == 3 and body["rejected"] == [] and body["ignored"] >= 1  # summaries are recomputed
+    assert sorted(GlucoseReading.objects.values_list("sensor_flag", flat=True)) == ["", "", "low"]
+    again = world.client("patient").post(submit_url(world), exported, format="json").json()
+    assert again["accepted"] == 0 and again["duplicates"] == 3  # idempotent
+
+
+def test_submit_rejects_entries_item_by_item_with_entry_indexes(world: World) -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        reading("2026-11-26T08:00:00+00:00", 6.1, "mmol/L"),
+        {"resource": {"resourceType": "Patient"}},
+        {"resource": {**reading("2026-11-26T08:05:00+00:00", 100)["resource"], "subject": {"reference": "Patient/999"}}},
+        reading("2026-11-26T08:10:00", 100),
+        {"resource": {"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}]}}},
+    ]}
+    body = world.client("patient").post(submit_url(world), bundle, format="json").json()
+    assert body["accepted"] == 1
+    errors = {r["index"]: r["errors"] for r in body["rejected"]}
+    assert errors[1] == {"resource": [fhir.ERR_NOT_OBSERVATION]}
+    assert errors[2] == {"subject": [fhir.ERR_SUBJECT.format(id=world.alice.pk)]}
+    assert errors[3] == {"timestamp": [ERR_TIMESTAMP_NAIVE]}
+    assert errors[4] == {"code": [fhir.ERR_UNKNOWN_CODE]}
+
+
+@pytest.mark.parametrize("payload", [[], {"resourceType": "Patient"}, {"resourceType": "Bundle", "type": "searchset", "entry": [{}]},
+                                     {"resourceType": "Bundle", "type": "transaction", "entry": []}])
+def test_submit_needs_a_bundle(world: World, payload: object) -> None:
+    response = world.client("patient").post(submit_url(world), payload, format="json")
+    assert response.status_code == 400 and response.json()["non_field_errors"] == [fhir.ERR_NOT_A_BUNDLE]
+
+
+def test_submit_is_for_the_patients_own_app_and_bounded(world: World, settings) -> None:  # type: ignore[no-untyped-def]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [reading("2026-11-26T08:00:00Z", 100)] * 3}
+    response = world.client("clinician").post(submit_url(world), bundle, format="json")
+    assert response.status_code == 403 and response.json()["detail"] == fhir.ERR_OWN_APP_ONLY
+    settings.MAX_BATCH_ITEMS = 2
+    assert world.client("patient").post(submit_url(world), bundle, format="json").status_code == 413

@@ -85,6 +85,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("v1:patient-risk-indicators", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-export", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-fhir-cgm-summary", "get"): PATIENT_SCOPED_READ,
+    # Importing a FHIR CGM bundle: the patient's own app; others who can see the patient are refused.
+    ("v1:patient-fhir-submit-cgm-bundle", "post"): {**PATIENT_SCOPED_READ, "caregiver": 403, "clinician": 403},
     # Notifications (issue 5). Devices and the inbox belong to whoever is signed in; a notification
     # addressed to someone else is 404. Reminders: the patient and their care team write, caregivers read.
     ("v1:my-devices", "post"): people_only(**dict.fromkeys(PEOPLE, 201)),
@@ -146,6 +148,9 @@ def request_body(name: str, world: World, team_id: int) -> Any:
         "v1:my-caregivers": {"username": world.caregiver.username},
         "v1:readings": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "value": 100, "unit": "mg/dL"},
         "v1:treatments": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "kind": "carbs", "carbs_g": 10},
+        "v1:patient-fhir-submit-cgm-bundle": {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {
+            "resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
+            "effectiveDateTime": moment.isoformat(), "valueQuantity": {"value": 100, "unit": "mg/dL", "code": "mg/dL"}}}]},
         "nightscout:ns-entries": [{"type": "sgv", "sgv": 100, "date": ms}],
         "nightscout:ns-entries-sgv": [{"type": "sgv", "sgv": 100, "date": ms}],
         "nightscout:ns-treatments": [{"eventType": "Note", "created_at": moment.isoformat(), "notes": "x"}],
