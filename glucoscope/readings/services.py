@@ -135,7 +135,7 @@ INSERT INTO {_READING_TABLE}
 SELECT s.patient_id, s.device_id, s.measured_at, s.value_mgdl, s.sensor_flag, s.direction,
        s.trend_rate, s.is_calibration, %s, %s
 FROM reading_stage s
-WHERE NOT EXISTS (
+WHERE {{skip_probe}}NOT EXISTS (
     SELECT 1 FROM {_READING_TABLE} r
     WHERE r.patient_id = s.patient_id
       AND r.measured_at > {{window_start}} AND r.measured_at < {{window_end}}
@@ -147,14 +147,29 @@ WHERE NOT EXISTS (
 ON CONFLICT DO NOTHING
 RETURNING patient_id
 """
-# PostgreSQL aggregates the inserted rows per patient server-side (≤ one row per patient back,
-# not one per reading); SQLite cannot put an INSERT in a CTE, so it returns every row.
+_PG_WINDOW = f"interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'"
+# On PostgreSQL, `overlap` first finds, with one short index range scan per patient, the
+# patients that have any stored reading within 60 s of the batch's time span. Only their rows
+# need the per-row probe: a vendor streaming new readings skips it, a retry still gets it.
+# The statement also aggregates the inserted rows per patient server-side (one row back per
+# patient, not per reading). SQLite cannot put an INSERT in a CTE, so it returns every row.
 _INSERT_FROM_STAGE = {
-    "postgresql": "WITH inserted AS (" + _INSERT_FROM_STAGE_TEMPLATE.format(
-        window_start=f"s.measured_at - interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'",
-        window_end=f"s.measured_at + interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'",
-    ) + ") SELECT patient_id, count(*) FROM inserted GROUP BY patient_id",
-    "sqlite": _INSERT_FROM_STAGE_TEMPLATE.format(window_start="s.window_start", window_end="s.window_end")
+    "postgresql": f"""
+WITH overlap AS MATERIALIZED (
+    SELECT b.patient_id
+    FROM (SELECT patient_id, min(measured_at) AS lo, max(measured_at) AS hi FROM reading_stage GROUP BY patient_id) b
+    WHERE EXISTS (
+        SELECT 1 FROM {_READING_TABLE} r
+        WHERE r.patient_id = b.patient_id AND r.measured_at > b.lo - {_PG_WINDOW} AND r.measured_at < b.hi + {_PG_WINDOW}
+    )
+), inserted AS ("""
+    + _INSERT_FROM_STAGE_TEMPLATE.format(
+        skip_probe="s.patient_id NOT IN (SELECT patient_id FROM overlap) OR ",
+        window_start=f"s.measured_at - {_PG_WINDOW}",
+        window_end=f"s.measured_at + {_PG_WINDOW}",
+    )
+    + ") SELECT patient_id, count(*) FROM inserted GROUP BY patient_id",
+    "sqlite": _INSERT_FROM_STAGE_TEMPLATE.format(skip_probe="", window_start="s.window_start", window_end="s.window_end")
     .replace("RETURNING patient_id", "RETURNING patient_id, 1"),
 }
 
@@ -203,7 +218,9 @@ def outbox_mark(*, patient_ids: Iterable[int], cursor=None) -> None:  # type: ig
     """Mark patients as having new data, inside the caller's transaction, then enqueue on commit.
 
     The version counter, not a timestamp, tells a running task whether data arrived
-    after it started: an ingest that commits late still bumps the version.
+    after it started: an ingest that commits late still bumps the version. Patients with
+    no task in flight are claimed in the same transaction (one commit, not two, per ingest)
+    and published once it commits.
     """
     ids = sorted(patient_ids)
     if not ids:
@@ -220,7 +237,9 @@ def outbox_mark(*, patient_ids: Iterable[int], cursor=None) -> None:  # type: ig
                 own_cursor.execute(sql, params)
         else:
             cursor.execute(sql, params)
-    transaction.on_commit(partial(outbox_enqueue, patient_ids=ids))
+    claimed = [pid for start in range(0, len(ids), 500) for pid in _claim_for_enqueue(ids[start : start + 500], stale_before=None)]
+    if claimed:
+        transaction.on_commit(partial(_publish, claimed))
 
 
 def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | None) -> list[int]:
@@ -250,6 +269,9 @@ def _publish(patient_ids: Sequence[int]) -> None:
     global _broker_unavailable_until
     from glucoscope.readings.tasks import process_patients
 
+    if time.monotonic() < _broker_unavailable_until:
+        PatientOutbox.objects.filter(patient_id__in=list(patient_ids)).update(enqueued_at=None)
+        return
     for start in range(0, len(patient_ids), PATIENTS_PER_TASK):
         chunk = list(patient_ids[start : start + PATIENTS_PER_TASK])
         try:
@@ -267,7 +289,7 @@ def _publish(patient_ids: Sequence[int]) -> None:
 def outbox_enqueue(*, patient_ids: Sequence[int]) -> None:
     """Enqueue processing for patients with no task in flight (the debounce)."""
     if time.monotonic() < _broker_unavailable_until:
-        return
+        return  # the rows stay unclaimed; the sweeper sends them when the broker is back
     for start in range(0, len(patient_ids), 500):
         _publish(_claim_for_enqueue(patient_ids[start : start + 500], stale_before=None))
 

@@ -14,12 +14,13 @@ from tests.factories import PatientFactory
 pytestmark = pytest.mark.django_db
 
 
-def test_marking_twice_bumps_the_version_and_only_one_claim_succeeds() -> None:
+def test_marking_twice_bumps_the_version_and_claims_the_patient_once() -> None:
     patient = PatientFactory()
     services.outbox_mark(patient_ids=[patient.pk])
     services.outbox_mark(patient_ids=[patient.pk])
-    assert PatientOutbox.objects.get(patient=patient).version == 2
-    assert services._claim_for_enqueue([patient.pk], stale_before=None) == [patient.pk]
+    row = PatientOutbox.objects.get(patient=patient)
+    assert row.version == 2
+    assert row.enqueued_at is not None and row.attempts == 1, "one task in flight per patient"
     assert services._claim_for_enqueue([patient.pk], stale_before=None) == []
 
 
