@@ -148,7 +148,8 @@ ON CONFLICT DO NOTHING
 RETURNING patient_id
 """
 _PG_WINDOW = f"interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'"
-# On PostgreSQL, `overlap` first finds, with one short index range scan per patient, the
+# On PostgreSQL, `overlap` first finds, with one short index range scan per patient (kept
+# correlated by the same LIMIT/OFFSET guard, or it becomes a whole-table hash join), the
 # patients that have any stored reading within 60 s of the batch's time span. Only their rows
 # need the per-row probe: a vendor streaming new readings skips it, a retry still gets it.
 # The statement also aggregates the inserted rows per patient server-side (one row back per
@@ -161,6 +162,7 @@ WITH overlap AS MATERIALIZED (
     WHERE EXISTS (
         SELECT 1 FROM {_READING_TABLE} r
         WHERE r.patient_id = b.patient_id AND r.measured_at > b.lo - {_PG_WINDOW} AND r.measured_at < b.hi + {_PG_WINDOW}
+        LIMIT 1 OFFSET 0
     )
 ), inserted AS ("""
     + _INSERT_FROM_STAGE_TEMPLATE.format(
