@@ -245,7 +245,12 @@ def _extrema(gl: FloatArray, ids: np.ndarray, types: np.ndarray) -> FloatArray:
     return minmax
 
 
-def _mage_plus(mm: FloatArray, sd: float) -> list[float]:
+def _mage_rises(mm: FloatArray, sd: float, *, restart_at_peak: bool) -> list[float]:
+    """Heights of rises larger than `sd` between turning points `mm` (iglu's MAGE+ scan).
+
+    MAGE- is the same scan on `-mm` with the heights negated; the only difference iglu makes
+    is where the look-back restarts after an excursion (at the nadir for MAGE-, not at k).
+    """
     heights: list[float] = []
     n = mm.size
     j = prev_j = 0
@@ -263,35 +268,7 @@ def _mage_plus(mm: FloatArray, sd: float) -> list[float]:
                     j = k
                 if mm[k] - mm[j] < -sd or k == n - 1:
                     heights.append(float(mm[j] - mm[i]))
-                    prev_j = k
-                    j = k
-                    break
-                k += 1
-        else:
-            j += 1
-    return heights
-
-
-def _mage_minus(mm: FloatArray, sd: float) -> list[float]:
-    heights: list[float] = []
-    n = mm.size
-    j = prev_j = 0
-    while j < n:
-        if prev_j > j:
-            j += 1
-            continue
-        delta = mm[j] - mm[prev_j : j + 1]
-        min_v = np.min(delta)
-        i = int(np.argmin(delta)) + prev_j
-        if min_v < -sd:
-            k = j
-            while k < n:
-                if mm[k] <= mm[j]:
-                    j = k
-                if mm[k] - mm[j] > sd or k == n - 1:
-                    heights.append(float(mm[j] - mm[i]))
-                    # iglu restarts the look-back at the nadir (not at k) for MAGE-.
-                    prev_j = j
+                    prev_j = j if restart_at_peak else k
                     j = k
                     break
                 k += 1
@@ -318,8 +295,8 @@ def _mage_segment(gl: FloatArray, short_ma: int, long_ma: int) -> tuple[float, f
     ma_l[:long_ma] = ma_l[long_ma - 1] if long_ma <= n else ma_l[-1]
     ids, types = _crossings(gl, ma_s - ma_l)
     mm = _extrema(gl, ids, types)
-    plus = _mage_plus(mm, sd)
-    minus = _mage_minus(mm, sd)
+    plus = _mage_rises(mm, sd, restart_at_peak=False)
+    minus = [-height for height in _mage_rises(-mm, sd, restart_at_peak=True)]
     return (
         float(np.mean(plus)) if plus else np.nan,
         float(abs(np.mean(minus))) if minus else np.nan,
