@@ -23,7 +23,7 @@ from api.query import glucose_unit, time_range
 from glucoscope.patients.models import Patient, User
 from glucoscope.patients.selectors import patient_get_for_user, patients_visible_to
 from glucoscope.readings import selectors
-from glucoscope.readings.batches import Uploader, reading_batch_ingest
+from glucoscope.readings.batches import BatchOutcome, Uploader, reading_batch_ingest
 from glucoscope.readings.models import GlucoseReading, ReadingSource, Treatment
 from glucoscope.readings.treatments import treatment_batch_ingest
 
@@ -57,6 +57,12 @@ def batch_items(data: Any) -> list[Any]:
 
 class BatchTooLarge(ValidationError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+def batch_response(outcome: BatchOutcome, *, item_count: int) -> Response:
+    """200 with the item-by-item outcome; 400 (same body) when not a single item was valid."""
+    all_rejected = bool(outcome.rejected) and len(outcome.rejected) == item_count
+    return Response(outcome.as_response(), status=status.HTTP_400_BAD_REQUEST if all_rejected else status.HTTP_200_OK)
 
 
 def patient_json(patient: Patient) -> dict[str, Any]:
@@ -163,9 +169,7 @@ class ReadingIngestApi(APIView):
             uploader = Uploader(source=ReadingSource.VENDOR, vendor_id=principal.vendor_id)
         else:
             uploader = Uploader(source=ReadingSource.APP, patient_id=principal.patient.pk)  # type: ignore[union-attr]
-        outcome = reading_batch_ingest(uploader=uploader, items=items)
-        all_rejected = outcome.rejected and len(outcome.rejected) == len(items)
-        return Response(outcome.as_response(), status=status.HTTP_400_BAD_REQUEST if all_rejected else status.HTTP_200_OK)
+        return batch_response(reading_batch_ingest(uploader=uploader, items=items), item_count=len(items))
 
 
 class TreatmentIngestApi(APIView):
@@ -175,8 +179,7 @@ class TreatmentIngestApi(APIView):
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         outcome = treatment_batch_ingest(user=request.user, items=items)  # type: ignore[arg-type]
-        all_rejected = outcome.rejected and len(outcome.rejected) == len(items)
-        return Response(outcome.as_response(), status=status.HTTP_400_BAD_REQUEST if all_rejected else status.HTTP_200_OK)
+        return batch_response(outcome, item_count=len(items))
 
 
 class ReadingCursorPagination(CursorPagination):

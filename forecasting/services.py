@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from forecasting.models import Forecast, ForecastEvent, ForecastStatus, ModelVersion, RiskAssessment
@@ -102,7 +102,7 @@ def model_version_active(*, name: str = "forecaster") -> ModelVersion:
     shipped = model_version_register(artifact_path=settings.FORECASTER_DEFAULT_ARTIFACT, name=name)
     try:
         return model_version_activate(name=name, version=shipped.version)
-    except Exception:  # another worker activated concurrently; theirs is as good
+    except IntegrityError:  # another worker activated concurrently; theirs is as good
         return ModelVersion.objects.get(name=name, is_active=True)
 
 

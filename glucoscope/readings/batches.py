@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from glucoscope.patients.selectors import patient_devices_by_serial, vendor_links
 from glucoscope.readings import services
-from glucoscope.readings.models import GlucoseReading, ReadingSource
+from glucoscope.readings.models import GlucoseReading
 from glucoscope.readings.validation import FieldErrors, ReadingInput, parse_native_reading
 
 ERR_PATIENT_NOT_ALLOWED = "Unknown patient, or not one this credential may post for."
@@ -171,4 +171,3 @@ def readings_matching_stored(
     return matches
 
 
-__all__ = ["BatchOutcome", "ReadingSource", "Uploader", "reading_batch_ingest", "readings_matching_stored"]

@@ -330,16 +330,31 @@ def outbox_complete(*, versions: dict[int, int]) -> None:
 # --- Processing ---------------------------------------------------------------
 
 
-def patient_summary_refresh(*, patient_id: int) -> PatientSummary:
+def patient_summaries_refresh(*, patient_ids: Sequence[int]) -> None:
+    """Latest reading and 24-h count for a group of patients: one query and one upsert, not three per patient."""
+    from django.db.models import Count, IntegerField, OuterRef, Subquery
+
+    from glucoscope.patients.models import Patient
+
     now = timezone.now()
-    readings = GlucoseReading.objects.filter(patient_id=patient_id)
-    latest = readings.order_by("-measured_at").only("id").first()
-    count = readings.filter(measured_at__gt=now - timedelta(hours=24), measured_at__lte=now).count()
-    summary, _ = PatientSummary.objects.update_or_create(
-        patient_id=patient_id,
-        defaults={"latest_reading": latest, "readings_last_24h": count, "computed_at": now},
+    readings = GlucoseReading.objects.filter(patient=OuterRef("pk"))
+    last_24h = (
+        readings.filter(measured_at__gt=now - timedelta(hours=24), measured_at__lte=now)
+        .order_by().values("patient").annotate(n=Count("pk")).values("n")
     )
-    return summary
+    rows = Patient.objects.filter(pk__in=patient_ids).annotate(
+        latest_id=Subquery(readings.order_by("-measured_at").values("pk")[:1]),
+        count_24h=Subquery(last_24h, output_field=IntegerField()),
+    ).values_list("pk", "latest_id", "count_24h")
+    PatientSummary.objects.bulk_create(
+        [
+            PatientSummary(patient_id=pk, latest_reading_id=latest_id, readings_last_24h=count or 0, computed_at=now)
+            for pk, latest_id, count in rows
+        ],
+        update_conflicts=True,
+        unique_fields=["patient"],
+        update_fields=["latest_reading", "readings_last_24h", "computed_at"],
+    )
 
 
 def patients_process(*, patient_ids: Sequence[int]) -> None:
@@ -351,8 +366,7 @@ def patients_process(*, patient_ids: Sequence[int]) -> None:
     most one pipeline run in flight.
     """
     versions = outbox_versions(patient_ids=patient_ids)
-    for patient_id in patient_ids:
-        patient_summary_refresh(patient_id=patient_id)
+    patient_summaries_refresh(patient_ids=patient_ids)
     if not settings.AFTER_INGEST_TASK:
         outbox_complete(versions=versions)
         return

@@ -176,12 +176,12 @@ def test_a_revoked_follower_is_not_escalated_to() -> None:
 
 
 def test_a_stale_sensor_is_found_by_the_sweeper_when_the_app_is_active() -> None:
-    from glucoscope.readings.services import patient_summary_refresh
+    from glucoscope.readings.services import patient_summaries_refresh
 
     patient = PatientFactory()
     services.device_register(user=patient.user, token="tok-stale", platform="ios")
     add_readings(patient, [120, 121], end=timezone.now() - timedelta(minutes=40))
-    patient_summary_refresh(patient_id=patient.pk)
+    patient_summaries_refresh(patient_ids=[patient.pk])
     assert services.patients_with_stale_sensor() == [patient.pk]
     evaluate(patient)
     [alert] = alerts(patient)

@@ -34,21 +34,22 @@ def _password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def _real_week(subject_index: int, zone: ZoneInfo, now: datetime) -> list[dict[str, Any]] | None:
-    """The last week of a real type 1 subject (CC BY 4.0, AZT1D), moved by whole days to end now."""
+def _real_subjects() -> list[list[tuple[datetime, str]]]:
+    """Real type 1 subjects (CC BY 4.0, AZT1D), longest record first; empty without ../shared/data."""
     path = Path(settings.SHARED_DATA_DIR) / "cgm" / DEMO_FILE
     if not path.exists():
-        return None
+        return []
     by_subject: dict[str, list[tuple[datetime, str]]] = {}
     for subject, stamp, value in iter_generic_rows(path):
         try:
             by_subject.setdefault(subject, []).append((datetime.fromisoformat(stamp), value))
         except ValueError:
             continue
-    subjects = sorted(by_subject, key=lambda s: -len(by_subject[s]))
-    if subject_index >= len(subjects):
-        return None
-    rows = sorted(by_subject[subjects[subject_index]])
+    return [sorted(rows) for rows in sorted(by_subject.values(), key=len, reverse=True)]
+
+
+def _real_week(rows: list[tuple[datetime, str]], zone: ZoneInfo, now: datetime) -> list[dict[str, Any]]:
+    """The subject's last week, moved by whole days to end now (time-of-day patterns kept)."""
     last_local = rows[-1][0]
     now_local = now.astimezone(zone).replace(tzinfo=None)
     shift = timedelta(days=(now_local.date() - last_local.date()).days)
@@ -99,6 +100,7 @@ class Command(BaseCommand):
         _, api_key = patient_services.vendor_api_key_create(vendor=vendor, name="demo")
 
         patients_out = []
+        real_subjects: list[list[tuple[datetime, str]]] | None = None  # read on first need, once
         for number, spec in enumerate(DEMO_PATIENTS):
             password = _password()
             patient: Patient = patient_services.patient_upsert(password=password, preferred_unit="mg/dL", **spec)  # type: ignore[arg-type]
@@ -107,7 +109,12 @@ class Command(BaseCommand):
             patient_services.device_link(vendor=vendor, serial=serial, patient=patient, model_name="Demo G7")
             nightscout = patient_services.nightscout_credential_rotate(patient=patient)
             if number < 2 and not GlucoseReading.objects.filter(patient=patient).exists():
-                items = _real_week(number, ZoneInfo(patient.time_zone), now) or _simulated_week(number, now)
+                if real_subjects is None:
+                    real_subjects = _real_subjects()
+                items = (
+                    _real_week(real_subjects[number], ZoneInfo(patient.time_zone), now)
+                    if number < len(real_subjects) else []
+                ) or _simulated_week(number, now)
                 outcome = reading_batch_ingest(uploader=Uploader(source=ReadingSource.IMPORT, patient_id=patient.pk), items=items)
                 self.stderr.write(f"{spec['username']}: {outcome.accepted} readings seeded")
             patients_out.append({
