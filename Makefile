@@ -54,6 +54,19 @@ bench-ingest: install
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py bench_ingest $(BENCH_ARGS)
 
+## make loadtest: 500 phones, 5 vendors and 20 clinicians against gunicorn + Celery on loopback for
+## LOADTEST_SECONDS (120); the last line is the verdict (docs/benchmarks.md, "Load test"). LOADTEST_ARGS for options.
+.PHONY: loadtest
+loadtest: export SECRET_KEY ?= loadtest-only-secret-key-not-for-production-0123456789
+loadtest: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/glucoscope_load
+# The load test's own Redis database: broker and cache, purged before and after the run.
+loadtest: export REDIS_URL ?= redis://127.0.0.1:6379/12
+loadtest: install
+	psql "$${DATABASE_URL%/*}/postgres" -tc "SELECT 1 FROM pg_database WHERE datname = '$${DATABASE_URL##*/}'" | grep -q 1 \
+	  || psql "$${DATABASE_URL%/*}/postgres" -c "CREATE DATABASE $${DATABASE_URL##*/}"
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py loadtest $(LOADTEST_ARGS)
+
 worker: install
 	$(BIN)/celery -A glucoscope worker -Q ingest,forecasting,notifications --loglevel=INFO
 

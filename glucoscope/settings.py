@@ -264,6 +264,8 @@ CELERY_BEAT_SCHEDULE.update({
 
 # --- Clinical analytics and the care-team pages (issue 4) ---------------------
 INSTALLED_APPS += ["glucoscope.web"]
+# `manage.py loadtest` (issue 6, docs/benchmarks.md "Load test"): no models, only the command.
+INSTALLED_APPS += ["glucoscope.loadtest"]
 # Nightly glucotype stratification of every patient with enough data (Hall et al., PLoS Biol 2018).
 CELERY_BEAT_SCHEDULE["forecasting.stratify_glucotypes"] = {"task": "forecasting.stratify_glucotypes", "schedule": 86400.0}
 LOGIN_URL = "web:login"

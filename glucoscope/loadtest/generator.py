@@ -1,0 +1,249 @@
+"""The load: phones posting single readings, vendors posting batches, clinicians reading, all over HTTP.
+
+One asyncio event loop drives every simulated client through a shared httpx connection pool
+(keep-alive, as phones and vendors' servers hold connections open). Bodies are serialised with
+orjson and the loop does nothing else, so the client side stays light next to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.cookies import SimpleCookie
+
+import httpx
+import orjson
+
+from glucoscope.loadtest.population import Clinician, Phone, Population, Vendor
+
+SINGLE_POST = "POST /api/v1/readings (1 reading)"
+BATCH_POST = "POST /api/v1/readings ({size:,} readings)"
+CSRF_FIELD = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    seconds: float
+    phone_interval: float = 5.0  # each phone posts one reading every this many seconds, ±20 % jitter
+    vendor_interval: float = 10.0  # each vendor starts a batch every this many seconds (or at once if late)
+    batch_size: int = 1_000
+    think_time: float = 3.0  # clinicians pause 1–5 s (uniform around this) between pages
+    web_pages: bool = True  # clinicians also load /care/ and /care/patients/{id}/ with a session
+
+
+@dataclass(slots=True)
+class Sample:
+    """A phone reading the server acknowledged, for the ingest-to-forecast lag."""
+
+    patient_id: int
+    measured_at: datetime
+    acked_at: datetime
+
+
+@dataclass(slots=True)
+class Results:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    transport_errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+
+    def record(self, endpoint: str, seconds: float, status: int) -> None:
+        self.latencies[endpoint].append(seconds)
+        self.statuses[endpoint][status] += 1
+
+    def count_ingest(self, response: httpx.Response) -> int:
+        """Adds a 2xx ingest answer's counts; returns how many readings it stored."""
+        body = response.json()
+        self.accepted += body["accepted"]
+        self.duplicates += body["duplicates"]
+        self.rejected += len(body["rejected"])
+        return int(body["accepted"])
+
+    @property
+    def requests(self) -> int:
+        return sum(sum(by_status.values()) for by_status in self.statuses.values()) + sum(self.transport_errors.values())
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for by_status in self.statuses.values() for status, n in by_status.items() if status >= 500)
+
+    @property
+    def errors(self) -> int:
+        return sum(n for by_status in self.statuses.values() for status, n in by_status.items() if status >= 400) + sum(
+            self.transport_errors.values())
+
+
+class LoadGenerator:
+    def __init__(self, base_url: str, population: Population, workload: Workload, *, seed: int = 1) -> None:
+        self.base_url = base_url
+        self.population = population
+        self.workload = workload
+        self.results = Results()
+        self.sign_in_results = Results()  # before the clock: reported apart from the load
+        self.random = random.Random(seed)
+        self.deadline = 0.0
+
+    async def _request(self, client: httpx.AsyncClient, endpoint: str, method: str, url: str, *,
+                       results: Results | None = None, **kwargs: object) -> httpx.Response | None:
+        results = results or self.results
+        sent = time.perf_counter()
+        try:
+            response = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError:
+            results.transport_errors[endpoint] += 1
+            return None
+        results.record(endpoint, time.perf_counter() - sent, response.status_code)
+        return response
+
+    def _running(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, min(seconds, self.deadline - time.monotonic())))
+
+    # --- phones --------------------------------------------------------------------
+
+    async def _phone(self, client: httpx.AsyncClient, phone: Phone) -> None:
+        interval = self.workload.phone_interval
+        headers = {"Authorization": f"Bearer {phone.token}", "Content-Type": "application/json"}
+        sequence = self.random.randrange(200)
+        await self._sleep(self.random.uniform(0, interval))  # spread the phones over the interval
+        while self._running():
+            next_at = time.monotonic() + interval * self.random.uniform(0.8, 1.2)
+            measured_at = datetime.now(UTC)
+            # Successive values differ, so no reading is a near-duplicate (< 60 s, same value) of the last.
+            body = orjson.dumps({"timestamp": measured_at.isoformat(), "value": 70 + (sequence * 7) % 200,
+                                 "unit": "mg/dL", "trend": "Flat"})
+            sequence += 1
+            response = await self._request(client, SINGLE_POST, "POST", "/api/v1/readings", content=body, headers=headers)
+            if response is not None and response.is_success and self.results.count_ingest(response):
+                self.results.samples.append(Sample(phone.patient_id, measured_at, datetime.now(UTC)))
+            await self._sleep(next_at - time.monotonic())
+
+    # --- vendors -------------------------------------------------------------------
+
+    async def _vendor(self, client: httpx.AsyncClient, vendor: Vendor, number: int) -> None:
+        """Back-fills: each batch covers the vendor's patients evenly, 5 minutes apart, further back each time."""
+        size = self.workload.batch_size
+        endpoint = BATCH_POST.format(size=size)
+        headers = {"Authorization": f"Api-Key {vendor.key}", "Content-Type": "application/json"}
+        per_patient = max(1, size // len(vendor.serials))
+        clock = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        await self._sleep(self.workload.vendor_interval * number / max(1, len(self.population.vendors)))
+        while self._running():
+            next_at = time.monotonic() + self.workload.vendor_interval
+            items = []
+            for step in range(per_patient):
+                moment = (clock - timedelta(minutes=5 * step)).isoformat()
+                for index, serial in enumerate(vendor.serials):
+                    items.append({"device": serial, "timestamp": moment, "value": 80 + (step * 13 + index) % 220,
+                                  "unit": "mg/dL", "trend": "Flat"})
+            clock -= timedelta(minutes=5 * per_patient)
+            response = await self._request(client, endpoint, "POST", "/api/v1/readings",
+                                           content=orjson.dumps(items[:size]), headers=headers)
+            if response is not None and response.is_success:
+                self.results.count_ingest(response)
+            await self._sleep(next_at - time.monotonic())
+
+    # --- clinicians ----------------------------------------------------------------
+
+    async def _sign_in(self, client: httpx.AsyncClient, clinician: Clinician) -> dict[str, str]:
+        """The /care/ login form, CSRF token and all. Cookies are carried by hand: the production
+        settings mark them Secure, and a cookie jar would not send those over loopback HTTP."""
+        cookies: dict[str, str] = {}
+        setup = self.sign_in_results
+        page = await self._request(client, "GET /care/login/", "GET", "/care/login/", results=setup)
+        if page is None or page.status_code != 200:
+            return cookies
+        _keep_cookies(page, cookies)
+        match = CSRF_FIELD.search(page.content)
+        form = {"username": clinician.username, "password": clinician.password,
+                "csrfmiddlewaretoken": match.group(1).decode() if match else ""}
+        answer = await self._request(client, "POST /care/login/", "POST", "/care/login/", data=form, results=setup,
+                                     headers={"Cookie": _cookie_header(cookies), "Referer": f"{self.base_url}/care/login/"})
+        if answer is None or answer.status_code != 302:
+            return {}  # counted as a failed sign-in; this clinician then uses the API only
+        _keep_cookies(answer, cookies)
+        return cookies
+
+    async def _clinician(self, client: httpx.AsyncClient, clinician: Clinician, cookies: dict[str, str]) -> None:
+        api = {"Authorization": f"Bearer {clinician.token}"}
+        think = self.workload.think_time
+        await self._sleep(self.random.uniform(0, think))
+        web = {"Cookie": _cookie_header(cookies)}
+        while self._running():
+            # The dashboard: the patient list from the API, and the care-team page.
+            listing = await self._request(client, "GET /api/v1/patients", "GET", "/api/v1/patients", headers=api)
+            if cookies:
+                await self._request(client, "GET /care/", "GET", "/care/", headers=web)
+            patients = listing.json().get("results", []) if listing is not None and listing.is_success else []
+            await self._sleep(self.random.uniform(think / 3, think * 5 / 3))
+            if not patients or not self._running():
+                continue
+            patient_id = self.random.choice(patients)["id"]
+            since = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
+            base = f"/api/v1/patients/{patient_id}"
+            # One patient page: what the app fetches for it, in parallel as a browser would.
+            calls = [
+                self._request(client, "GET /api/v1/patients/{id}/summary", "GET", f"{base}/summary", headers=api),
+                self._request(client, "GET /api/v1/patients/{id}/readings", "GET", f"{base}/readings",
+                              params={"start": since}, headers=api),
+                self._request(client, "GET /api/v1/patients/{id}/forecast", "GET", f"{base}/forecast", headers=api),
+                self._request(client, "GET /api/v1/patients/{id}/metrics", "GET", f"{base}/metrics", headers=api),
+            ]
+            if cookies:
+                calls.append(self._request(client, "GET /care/patients/{id}/", "GET", f"/care/patients/{patient_id}/",
+                                           headers=web))
+            await asyncio.gather(*calls)
+            await self._sleep(self.random.uniform(think / 3, think * 5 / 3))
+
+    # --- run -----------------------------------------------------------------------
+
+    async def run(self) -> Results:
+        population = self.population
+        limits = httpx.Limits(max_connections=len(population.phones) + 200, max_keepalive_connections=len(population.phones) + 200)
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout) as client:
+            # Clinicians sign in to /care/ before the clock starts: a password hash costs ~0.3 s of
+            # CPU, once per session, and is not what the steady state measures.
+            sessions = await asyncio.gather(*[
+                self._sign_in(client, clinician) if self.workload.web_pages else _no_session()
+                for clinician in population.clinicians
+            ])
+            self.results.started = time.perf_counter()
+            self.deadline = time.monotonic() + self.workload.seconds
+            tasks = [self._phone(client, phone) for phone in population.phones]
+            tasks += [self._vendor(client, vendor, number) for number, vendor in enumerate(population.vendors)]
+            tasks += [self._clinician(client, clinician, cookies)
+                      for clinician, cookies in zip(population.clinicians, sessions, strict=True)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                self.results.finished = time.perf_counter()
+        return self.results
+
+
+async def _no_session() -> dict[str, str]:
+    return {}
+
+
+def _keep_cookies(response: httpx.Response, cookies: dict[str, str]) -> None:
+    for header in response.headers.get_list("set-cookie"):
+        parsed: SimpleCookie = SimpleCookie()
+        parsed.load(header)
+        for name, morsel in parsed.items():
+            cookies[name] = morsel.value
+
+
+def _cookie_header(cookies: dict[str, str]) -> str:
+    return "; ".join(f"{name}={value}" for name, value in cookies.items())
