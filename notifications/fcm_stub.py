@@ -10,12 +10,18 @@ Tokens choose the answer, so one batch can mix results:
 - `invalid-…`   400 INVALID_ARGUMENT, "The registration token is not a valid FCM registration token"
 - `quota-…`     429 RESOURCE_EXHAUSTED, errorCode QUOTA_EXCEEDED, for the first `quota_failures` sends of that token
 - anything else 200 {"name": "projects/<id>/messages/<n>"}
+
+Fault tests can hold sends: while `state.hold_sends` is set, each send waits for `state.release`
+before it answers. A send whose client went away meanwhile (the worker was killed) is not
+answered and is logged in `state.abandoned`, not `state.received`: FCM never confirmed it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import select
+import socket
 import tempfile
 import threading
 import time
@@ -43,6 +49,10 @@ class StubState:
     attempts: Counter[str] = field(default_factory=Counter)
     token_requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hold_sends: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    held: int = 0
+    abandoned: list[dict[str, Any]] = field(default_factory=list)
 
     def delivered_to(self, token: str) -> list[dict[str, Any]]:
         """Messages accepted (200) for a token."""
@@ -65,6 +75,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _client_gone(self) -> bool:
+        """True when the sender closed its connection while its request was held (it was killed)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
@@ -85,6 +103,15 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.attempts[token] += 1
             attempt = state.attempts[token]
+        if state.hold_sends.is_set():
+            with state.lock:
+                state.held += 1
+            state.release.wait(timeout=60)
+            if self._client_gone():
+                with state.lock:
+                    state.abandoned.append(message)
+                self.close_connection = True
+                return
         if token.startswith("dead-"):
             self._reply(404, _error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED"))
         elif token.startswith("mismatch-"):

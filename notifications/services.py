@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -432,11 +432,26 @@ class DeliveryReport:
     tokens_deactivated: int = 0
 
 
+# The sender's lease on a row in `sending` (PostgreSQL): a session-level advisory lock, keyed by the
+# row id in this namespace, taken in the claiming transaction and held by the sender's database
+# session until the push is done. A sender killed mid-push (SIGKILL, OOM, a lost machine) loses its
+# session and with it the lock, so the task redelivered after it (acks_late) takes the row back at
+# once; a row whose sender is alive stays with that sender. SENDING_LEASE and the sweeper remain the
+# backstop (and the only path on SQLite).
+_SENDER_LOCK_CLASS = 7002
+_SENDER_LOCK_KEY = "(k %% 2147483648)::int"  # %% is a literal % in a query with parameters
+
+
 def _claim(ids: Sequence[int], now: datetime) -> list[int]:
-    """queued → sending for due rows, in one conditional UPDATE; only the returned ids may be pushed."""
+    """queued → sending for due rows, in one conditional UPDATE; only the returned ids may be pushed.
+
+    On PostgreSQL, rows left in `sending` by a sender whose session died are claimed too.
+    """
     if not ids:
         return []
     table = Notification._meta.db_table
+    if connection.vendor == "postgresql":
+        return _claim_with_leases(table, ids, now)
     placeholders = ", ".join(["%s"] * len(ids))
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
@@ -446,6 +461,45 @@ def _claim(ids: Sequence[int], now: datetime) -> list[int]:
             [Status.SENDING, adapt(now), *ids, Status.QUEUED, adapt(now)],
         )
         return sorted(row[0] for row in cursor.fetchall())
+
+
+def _claim_with_leases(table: str, ids: Sequence[int], now: datetime) -> list[int]:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # A `sending` row whose lease lock we can take has no live sender: its session is gone.
+        cursor.execute(
+            f"WITH stuck AS MATERIALIZED (SELECT id AS k FROM {table} WHERE id = ANY(%s) AND status = %s AND attempts < %s)"
+            f" SELECT k FROM stuck WHERE pg_try_advisory_lock(%s, {_SENDER_LOCK_KEY})",
+            [list(ids), Status.SENDING, settings.NOTIFICATION_MAX_SEND_ATTEMPTS, _SENDER_LOCK_CLASS],
+        )
+        orphaned = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, claimed_at = %s, attempts = attempts + 1 WHERE id = ANY(%s)"
+            " AND ((status = %s AND send_after <= %s) OR (status = %s AND id = ANY(%s))) RETURNING id",
+            [Status.SENDING, now, list(ids), Status.QUEUED, now, Status.SENDING, orphaned],
+        )
+        claimed = sorted(row[0] for row in cursor.fetchall())
+        # Leased before the claim commits, so no other sender ever sees these rows in `sending` unleased.
+        fresh = sorted(set(claimed) - set(orphaned))
+        if fresh:
+            cursor.execute(
+                f"SELECT pg_try_advisory_lock(%s, {_SENDER_LOCK_KEY}) FROM unnest(%s::bigint[]) AS k",
+                [_SENDER_LOCK_CLASS, fresh],
+            )
+    _release_leases(sorted(set(orphaned) - set(claimed)))
+    return claimed
+
+
+def _release_leases(ids: Sequence[int]) -> None:
+    if not ids or connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT pg_advisory_unlock(%s, {_SENDER_LOCK_KEY}) FROM unnest(%s::bigint[]) AS k",
+                [_SENDER_LOCK_CLASS, list(ids)],
+            )
+    except DatabaseError as exc:  # the session is gone, and its locks with it
+        logger.warning("Could not release sender leases (%s); the database dropped them with the session", exc)
 
 
 def _finish(notification_id: int, **fields: Any) -> None:
@@ -499,6 +553,13 @@ def notifications_deliver(
     claimed = _claim(list(notification_ids), now)
     if not claimed:
         return DeliveryReport()
+    try:
+        return _push_claimed(claimed, now=now, transport=transport)
+    finally:
+        _release_leases(claimed)
+
+
+def _push_claimed(claimed: list[int], *, now: datetime, transport: FcmTransport | None) -> DeliveryReport:
     transport = transport or transport_from_settings()
     notifications = list(Notification.objects.filter(pk__in=claimed))
     if not transport.configured:

@@ -12,14 +12,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
 from django.db import connection
 
+from tests.integration.private_services import PrivateRedis, celery_publishing_to
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REDIS_RESTART = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379", "--save", "", "--appendonly", "no"]
 
 
 def _unavailable(reason: str) -> None:
@@ -57,11 +59,18 @@ def redis_is_up() -> bool:
         return False
 
 
+WorkerFactory = Callable[..., "subprocess.Popen[bytes]"]
+
+
 @pytest.fixture
-def celery_worker_process(real_services: None, transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `celery worker` process on every queue, connected to the test database."""
+def celery_worker_factory(real_services: None, transactional_db: None, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start real `celery worker` processes connected to the test database: `start(queues=..., name=...)`.
+
+    Each worker's combined output is in `worker.log_path`. Workers started together come up in
+    parallel; call `start(..., wait=False)` for each, then `wait_ready(worker)`. All are stopped at teardown.
+    """
     database = connection.settings_dict
-    env = {
+    base_env = {
         **os.environ,
         "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
         "REDIS_URL": settings.REDIS_URL,
@@ -72,26 +81,66 @@ def celery_worker_process(real_services: None, transactional_db: None, tmp_path:
     from glucoscope.celery import app
 
     app.control.purge()
-    log_path = tmp_path / "worker.log"
-    log = open(log_path, "wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "glucoscope", "worker", "-Q", "ingest,forecasting,notifications",
-         "--pool=solo", "--concurrency=1", "--without-gossip", "--without-mingle", "-n", f"it-{os.getpid()}@%h",
-         "--loglevel=INFO"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(lambda: b"ready" in log_path.read_bytes() or worker.poll() is not None, timeout=60, what="worker start")
-        if worker.poll() is not None:
-            pytest.fail(f"Celery worker exited at start:\n{log_path.read_text()[-3000:]}")
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(*, queues: str = "ingest,forecasting,notifications", name: str = "it", wait: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log_path = tmp_path / f"worker-{name}.log"
+        log = open(log_path, "wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "glucoscope", "worker", "-Q", queues,
+             "--pool=solo", "--concurrency=1", "--without-gossip", "--without-mingle", "-n", f"{name}-{os.getpid()}@%h",
+             "--loglevel=INFO"],
+            cwd=REPO_ROOT, env={**base_env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+        )
         worker.log_path = log_path  # type: ignore[attr-defined]
-        yield worker
+        started.append((worker, log))
+        if wait:
+            wait_ready(worker)
+        return worker
+
+    try:
+        yield start
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
-        if not redis_is_up():
-            subprocess.run(REDIS_RESTART, check=False)
+        for worker, _ in started:
+            worker.terminate()
+        for worker, log in started:
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+            log.close()
+
+
+def wait_ready(worker: subprocess.Popen[bytes]) -> None:
+    log_path: Path = worker.log_path  # type: ignore[attr-defined]
+    wait_for(lambda: b"ready" in log_path.read_bytes() or worker.poll() is not None, timeout=90, what="worker start")
+    if worker.poll() is not None:
+        pytest.fail(f"Celery worker exited at start:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def private_redis(real_services: None) -> Iterator[PrivateRedis]:
+    """A Redis of this test's own, which it may stop and restart; this process publishes to it meanwhile.
+
+    Outage tests use it so the suite never shuts down the shared Redis other runs depend on.
+    """
+    server = PrivateRedis()
+    server.start()
+    try:
+        with celery_publishing_to(server.url()):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def celery_worker_process(celery_worker_factory: WorkerFactory) -> subprocess.Popen[bytes]:
+    """A real `celery worker` process on every queue, connected to the test database and the shared Redis."""
+    return celery_worker_factory()
+
+
+@pytest.fixture
+def celery_worker_private_redis(private_redis: PrivateRedis, celery_worker_factory: WorkerFactory) -> subprocess.Popen[bytes]:
+    """The same worker on the test's private Redis, for tests that stop and restart Redis."""
+    return celery_worker_factory(env={"REDIS_URL": private_redis.url()})

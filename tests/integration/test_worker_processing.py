@@ -16,7 +16,8 @@ from glucoscope.readings.batches import Uploader, reading_batch_ingest
 from glucoscope.readings.models import GlucoseReading, PatientOutbox, PatientSummary, ReadingSource
 from tests.conftest import bearer
 from tests.factories import PatientFactory
-from tests.integration.conftest import REDIS_RESTART, redis_is_up, wait_for
+from tests.integration.conftest import wait_for
+from tests.integration.private_services import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +61,11 @@ def test_a_burst_of_posts_is_debounced_and_nothing_is_missed(celery_worker_proce
 
 
 def test_readings_posted_while_redis_is_down_are_stored_and_processed_when_it_returns(
-    celery_worker_process: subprocess.Popen[bytes],
+    private_redis: PrivateRedis, celery_worker_private_redis: subprocess.Popen[bytes],
 ) -> None:
+    # A private Redis: stopping the shared one would break every other test run using it.
     patient = PatientFactory()
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False)
-    wait_for(lambda: not redis_is_up(), timeout=10, what="Redis to stop")
+    private_redis.stop()
     try:
         response = post_readings(patient, [15, 10, 5])
         assert response.status_code == 200 and response.json()["accepted"] == 3
@@ -72,8 +73,7 @@ def test_readings_posted_while_redis_is_down_are_stored_and_processed_when_it_re
         outbox = PatientOutbox.objects.get(patient=patient)
         assert outbox.enqueued_at is None, "a failed publish must leave the row for the sweeper"
     finally:
-        subprocess.run(REDIS_RESTART, check=True)
-        wait_for(redis_is_up, timeout=10, what="Redis to restart")
+        private_redis.start()
 
     def sweep() -> bool:
         try:

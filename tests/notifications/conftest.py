@@ -15,7 +15,13 @@ from django.utils import timezone
 from glucoscope.readings.models import GlucoseReading, ReadingSource
 from notifications.fcm import FcmTransport
 from notifications.fcm_stub import FcmStub
-from tests.integration.conftest import celery_worker_process, real_services  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401
+    celery_worker_factory,
+    celery_worker_private_redis,
+    celery_worker_process,
+    private_redis,
+    real_services,
+)
 
 
 @pytest.fixture

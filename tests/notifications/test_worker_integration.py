@@ -23,6 +23,7 @@ from notifications.models import DeviceToken, Kind, Notification, Status
 from tests.conftest import bearer
 from tests.factories import PatientFactory, UserFactory
 from tests.integration.conftest import wait_for
+from tests.integration.private_services import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -98,22 +99,19 @@ def test_falling_readings_push_one_predicted_low_to_the_device_and_prune_the_dea
 
 
 def test_a_notification_created_while_redis_is_down_is_sent_by_the_sweeper_when_it_returns(
-    notify_worker: subprocess.Popen[bytes], stub_for_worker: FcmStub
+    private_redis: PrivateRedis, stub_for_worker: FcmStub, celery_worker_private_redis: subprocess.Popen[bytes]
 ) -> None:
-    from tests.integration.conftest import REDIS_RESTART, redis_is_up
-
+    # A private Redis: stopping the shared one would break every other test run using it.
     patient = PatientFactory()
     services.device_register(user=patient.user, token="outage-phone", platform="android")
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False)
-    wait_for(lambda: not redis_is_up(), timeout=10, what="Redis to stop")
+    private_redis.stop()
     try:
         # Committed (transactional_db), so the publish runs on commit and fails: the row must survive it.
         clinician = UserFactory(role=Role.CLINICIAN)
         notification = services.care_message_send(patient=patient, author=clinician, text="Call the clinic.")
         assert Notification.objects.get(pk=notification.pk).status == Status.QUEUED
     finally:
-        subprocess.run(REDIS_RESTART, check=True)
-        wait_for(redis_is_up, timeout=10, what="Redis to restart")
+        private_redis.start()
 
     def sweep() -> bool:
         try:
