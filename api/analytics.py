@@ -111,6 +111,7 @@ class PatientExportApi(APIView):
     """All of the patient's readings and treatments as one CSV (mg/dL, UTC), streamed."""
 
     renderer_classes = [OrjsonRenderer, CsvRenderer]
+    audit_action = "export"  # recorded as an export, not a plain read (glucoscope/audit/middleware.py)
 
     @extend_schema(responses={(200, "text/csv"): str})
     def get(self, request: Request, patient_id: int) -> StreamingHttpResponse:

@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 
 from api.permissions import IsPerson
 from api.sharing import IsPatient
+from glucoscope.audit.context import audit_note
 from glucoscope.patients.models import Patient, Role, User
 from glucoscope.patients.selectors import patient_get_for_user
 from notifications import reminders, selectors, services
@@ -122,6 +123,7 @@ ListResponse = inline_serializer("NotificationList", {"results": serializers.Lis
 
 
 class MyDevicesApi(APIView):
+    audit_self = True  # a patient's push tokens are part of their record (glucoscope/audit/middleware.py)
     permission_classes: list[type[BasePermission]] = [IsPerson]
 
     @extend_schema(
@@ -159,6 +161,7 @@ class MyDevicesApi(APIView):
 
 
 class MyNotificationPreferencesApi(APIView):
+    audit_self = True
     permission_classes: list[type[BasePermission]] = [IsPatientAccount]
 
     @extend_schema(responses=inline_serializer("NotificationPreferences", {"low_threshold_mgdl": serializers.IntegerField()}))
@@ -190,12 +193,15 @@ class NotificationPagination(LimitOffsetPagination):
 
 
 class MyNotificationsApi(APIView):
+    audit_self = True
     permission_classes: list[type[BasePermission]] = [IsPerson]
 
     @extend_schema(responses=ListResponse)
     def get(self, request: Request) -> Response:
         paginator = NotificationPagination()
         page = paginator.paginate_queryset(selectors.notifications_received(user=_user(request)), request, view=self)
+        # Caregivers and clinicians receive notifications about other people: each is a read of that patient.
+        audit_note(patient_ids={n.patient_id for n in page or []})
         return paginator.get_paginated_response([notification_json(n) for n in page or []])
 
 
@@ -203,6 +209,7 @@ def _received(request: Request, notification_id: int) -> Notification:
     notification = selectors.notifications_received(user=_user(request)).filter(pk=notification_id).first()
     if notification is None:
         raise NotFound(ERR_NOTIFICATION_NOT_FOUND)
+    audit_note(patient_ids=[notification.patient_id])
     return notification
 
 

@@ -60,6 +60,7 @@ def _int_field(data: Any, field: str) -> int:
 
 
 class ConsentListApi(APIView):
+    audit_self = True  # the caller's own record (audit log: glucoscope/audit/middleware.py)
     permission_classes: list[type[BasePermission]] = [IsPatient]
 
     @extend_schema(responses=inline_serializer("Consents", {"results": serializers.ListField()}))
@@ -78,6 +79,7 @@ class ConsentListApi(APIView):
 
 
 class ConsentDetailApi(APIView):
+    audit_self = True
     permission_classes: list[type[BasePermission]] = [IsPatient]
 
     @extend_schema(responses={204: None})
@@ -91,6 +93,7 @@ class ConsentDetailApi(APIView):
 
 
 class CaregiverListApi(APIView):
+    audit_self = True
     permission_classes: list[type[BasePermission]] = [IsPatient]
 
     @extend_schema(responses=inline_serializer("Caregivers", {"results": serializers.ListField()}))
@@ -112,6 +115,7 @@ class CaregiverListApi(APIView):
 
 
 class CaregiverDetailApi(APIView):
+    audit_self = True
     permission_classes: list[type[BasePermission]] = [IsPatient]
 
     @extend_schema(responses={204: None})

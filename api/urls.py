@@ -1,12 +1,15 @@
 from django.urls import path, re_path
 
-from api import analytics, fhir, forecasts, notifications, sharing, views
+from api import account, analytics, audit, fhir, forecasts, notifications, sharing, views
 from api.nightscout import views as ns
 
 v1 = [
     path("auth/token", views.TokenObtainApi.as_view(), name="token"),
     path("auth/token/refresh", views.TokenRefreshApi.as_view(), name="token-refresh"),
-    path("me", views.MeApi.as_view(), name="me"),
+    path("me", account.MeAccountApi.as_view(), name="me"),
+    # Patient rights and the access log (issue 6): export, account deletion (DELETE me), who accessed my data.
+    path("me/export", account.MyExportApi.as_view(), name="my-export"),
+    path("me/access-log", audit.MyAccessLogApi.as_view(), name="my-access-log"),
     path("me/consents", sharing.ConsentListApi.as_view(), name="my-consents"),
     path("me/consents/<int:care_team_id>", sharing.ConsentDetailApi.as_view(), name="my-consent"),
     path("me/caregivers", sharing.CaregiverListApi.as_view(), name="my-caregivers"),

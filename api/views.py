@@ -20,6 +20,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from api.authentication import VendorPrincipal
 from api.permissions import CanUploadReadings
 from api.query import glucose_unit, time_range
+from glucoscope.audit.context import audit_note
 from glucoscope.patients.models import Patient, User
 from glucoscope.patients.selectors import patient_get_for_user, patients_visible_to
 from glucoscope.readings import selectors
@@ -127,6 +128,8 @@ class TokenRefreshApi(TokenRefreshView):
 
 
 class MeApi(APIView):
+    audit_self = True  # the profile is the patient's record (audit log: glucoscope/audit/middleware.py)
+
     @extend_schema(responses=inline_serializer("Me", {"id": serializers.IntegerField()}))
     def get(self, request: Request) -> Response:
         user: User = request.user  # type: ignore[assignment]
@@ -153,6 +156,7 @@ class PatientListApi(APIView):
         patients = patients_visible_to(user=request.user).select_related("user").order_by("pk")  # type: ignore[arg-type]
         paginator = self.Pagination()
         page = paginator.paginate_queryset(patients, request, view=self)
+        audit_note(patient_ids=[p.pk for p in page or []])  # a list read is a read of every listed patient
         return paginator.get_paginated_response([patient_json(p) for p in page or []])
 
 
@@ -169,7 +173,9 @@ class ReadingIngestApi(APIView):
             uploader = Uploader(source=ReadingSource.VENDOR, vendor_id=principal.vendor_id)
         else:
             uploader = Uploader(source=ReadingSource.APP, patient_id=principal.patient.pk)  # type: ignore[union-attr]
-        return batch_response(reading_batch_ingest(uploader=uploader, items=items), item_count=len(items))
+        outcome = reading_batch_ingest(uploader=uploader, items=items)
+        audit_note(patient_ids=outcome.patient_ids)  # one entry per patient per batch
+        return batch_response(outcome, item_count=len(items))
 
 
 class TreatmentIngestApi(APIView):
@@ -179,6 +185,7 @@ class TreatmentIngestApi(APIView):
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         outcome = treatment_batch_ingest(user=request.user, items=items)  # type: ignore[arg-type]
+        audit_note(patient_ids=outcome.patient_ids)
         return batch_response(outcome, item_count=len(items))
 
 

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "glucoscope.patients",
     "glucoscope.readings",
+    "glucoscope.audit",
     "api",
     "forecasting",
     "notifications",
@@ -61,6 +62,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Audit log of PHI access (glucoscope/audit): one INSERT per request that touched a patient's data.
+    "glucoscope.audit.middleware.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 from django.core.cache import cache
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -14,6 +16,20 @@ from glucoscope.celery import app as celery_app
 from glucoscope.patients import services as patient_services
 from glucoscope.patients.models import CaregiverLink, Device, Patient, Role, User, VendorOrganization
 from tests.factories import CareTeamFactory, DeviceFactory, PatientFactory, UserFactory, VendorFactory, consent
+
+
+def _allow_audit_flush(sender: object, connection: BaseDatabaseWrapper, **kwargs: object) -> None:
+    """Transactional tests flush (TRUNCATE) every table between tests, the append-only audit log too.
+
+    The audit trigger (glucoscope/audit/migrations/0002) allows that only in a maintenance session;
+    tests/security/test_audit.py turns it off again to prove the trigger refuses the application.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET glucoscope.audit_maintenance = 'on'")
+
+
+connection_created.connect(_allow_audit_flush)
 
 
 @pytest.fixture(autouse=True)

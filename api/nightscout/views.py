@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from api.authentication import NightscoutAuthentication, NightscoutPrincipal
 from api.permissions import IsNightscoutUploader
 from api.views import batch_items
+from glucoscope.audit.context import audit_note
 from glucoscope.patients.models import Patient
 from glucoscope.readings import selectors, services
 from glucoscope.readings.batches import Uploader, reading_batch_ingest, readings_matching_stored
@@ -124,6 +125,11 @@ def _find_range(request: Request, fields: tuple[str, ...]) -> tuple[datetime | N
 class NightscoutView(APIView):
     authentication_classes = [NightscoutAuthentication]
     permission_classes = [IsNightscoutUploader]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # The credential names one patient: every request that passed it reads or writes their data.
+        audit_note(patient_ids=[request.user.patient_id])  # type: ignore[union-attr]
 
     def patient(self, request: Request) -> Patient:
         principal: NightscoutPrincipal = request.user  # type: ignore[assignment]

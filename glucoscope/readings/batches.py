@@ -42,6 +42,8 @@ class BatchOutcome:
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     stored: list[ReadingInput] = field(default_factory=list)
+    # The patients the batch wrote for (accepted or duplicate items), for the audit log.
+    patient_ids: set[int] = field(default_factory=set)
 
     def as_response(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
@@ -136,6 +138,7 @@ def reading_batch_ingest(
         else:
             outcome.rejected.append({"index": item.index, "errors": bound})
     outcome.stored = to_store
+    outcome.patient_ids = {item.patient_id for item in to_store if item.patient_id is not None}
     outcome.rejected.sort(key=lambda entry: entry["index"])
     result = services.readings_ingest(readings=to_store, source=uploader.source)
     outcome.accepted, outcome.duplicates = result.accepted, result.duplicates

@@ -56,6 +56,7 @@ def treatment_batch_ingest(*, user: User, items: Sequence[Any]) -> BatchOutcome:
             item.entered_by_label = item.entered_by_label or user.username
             to_store.append(_bind(item, patient_id))
     outcome.rejected.sort(key=lambda entry: entry["index"])
+    outcome.patient_ids = {item.patient_id for item in to_store if item.patient_id is not None}
     new_ids = services.treatments_ingest(treatments=to_store, source=ReadingSource.APP, entered_by_id=user.pk)
     outcome.accepted = sum(1 for new_id in new_ids if new_id)
     outcome.duplicates = len(new_ids) - outcome.accepted

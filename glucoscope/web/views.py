@@ -28,6 +28,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from forecasting.glucotypes import glucotype_history, glucotype_latest
 from forecasting.selectors import forecast_latest
+from glucoscope.audit.context import audit_note
 from glucoscope.metrics import agp_profile, daily_profiles
 from glucoscope.patients.models import MGDL_PER_MMOLL, Patient, Role
 from glucoscope.web import analytics, charts, selectors
@@ -113,6 +114,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     glucotype = request.GET.get("glucotype") or None
     risk = request.GET.get("risk") or None
     rows = selectors.triage_rows(user=request.user, sort=sort, glucotype=glucotype, risk=risk)  # type: ignore[arg-type]
+    audit_note(patient_ids=[row.patient_id for row in rows])  # the triage table shows every listed patient's data
     return render(request, "web/dashboard.html", {
         "rows": rows, "sort": sort if sort in selectors.SORTS else "need", "glucotype": glucotype, "risk": risk,
         "sorts": selectors.SORTS, "glucotypes": selectors.GLUCOTYPE_FILTERS, "risks": selectors.RISK_FILTERS,

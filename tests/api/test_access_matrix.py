@@ -53,6 +53,11 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("v1:token", "post"): everyone(200),
     ("v1:token-refresh", "post"): everyone(200),
     ("v1:me", "get"): people_only(),
+    # Patient rights (issue 6): a patient exports or deletes only their own account. The matrix sends a
+    # wrong password, so deletion answers 403 here; tests/security/test_patient_rights.py deletes for real.
+    ("v1:me", "delete"): PATIENTS_ONLY,
+    ("v1:my-export", "get"): {**PATIENTS_ONLY, "patient": 200, "other_patient": 200},
+    ("v1:my-access-log", "get"): {**PATIENTS_ONLY, "patient": 200, "other_patient": 200},
     ("v1:patients", "get"): people_only(),
     ("v1:patient-readings", "get"): PATIENT_SCOPED_READ,
     ("v1:patient-summary", "get"): PATIENT_SCOPED_READ,
@@ -145,6 +150,7 @@ def request_body(name: str, world: World, team_id: int) -> Any:
         "v1:token": {"username": "alice", "password": "correct-horse-battery"},
         "v1:token-refresh": {"refresh": str(RefreshToken.for_user(world.alice.user))},
         "v1:my-consents": {"care_team": team_id},
+        "v1:me": {"password": "not-the-password"},
         "v1:my-caregivers": {"username": world.caregiver.username},
         "v1:readings": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "value": 100, "unit": "mg/dL"},
         "v1:treatments": {"patient": world.alice.pk, "timestamp": moment.isoformat(), "kind": "carbs", "carbs_g": 10},
