@@ -92,3 +92,25 @@ screenshots: install
 .PHONY: bench-notify
 bench-notify: install
 	$(BIN)/python -m notifications.fcm_stub --bench $${BENCH_COUNT:-5000} --repeats 3
+
+## make bench-forecast: forecast_csv origins/s, batched service inference vs raw forward pass, POST-to-forecast p50/p95
+## with a real Celery worker (database glucoscope_bench, Redis db 11, both cleaned up afterwards).
+.PHONY: bench-forecast
+bench-forecast: export SECRET_KEY ?= bench-only-secret-key-not-for-production-0123456789
+bench-forecast: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/glucoscope_bench
+bench-forecast: export REDIS_URL ?= redis://127.0.0.1:6379/11
+bench-forecast: install
+	psql "$${DATABASE_URL%/*}/postgres" -tc "SELECT 1 FROM pg_database WHERE datname = '$${DATABASE_URL##*/}'" | grep -q 1 \
+	  || psql "$${DATABASE_URL%/*}/postgres" -c "CREATE DATABASE $${DATABASE_URL##*/}"
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py bench_forecast $(BENCH_ARGS)
+
+## make fuzz: schemathesis over every operation in /api/schema/ as every role, longer than the CI run
+## (FUZZ_MAX_EXAMPLES per operation × role, default 200 here, 10 in `make test`).
+.PHONY: fuzz
+fuzz: export SECRET_KEY ?= test-only-secret-key-not-for-production-0123456789
+fuzz: export SECURE_SSL_REDIRECT ?= false
+fuzz: export FUZZ_MAX_EXAMPLES ?= 200
+fuzz: export FUZZ_FOREIGN_EXAMPLES ?= 20
+fuzz: install
+	$(BIN)/pytest tests/fuzz -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -21,7 +21,12 @@ MIN_READINGS_LAST_HOUR = 3
 MAX_STALENESS_MINUTES = 15
 
 BASE_CHANNELS = ("glucose", "available", "observed", "tod_sin", "tod_cos")
-TREATMENT_CHANNELS = ("carbs", "insulin")
+#: ``treatments_known`` is 1 for subjects whose data carries carbohydrate/insulin columns at all. Without
+#: it, "no treatment data" (every real CGM-only cohort, every live patient today) would look exactly like
+#: "ate nothing and took no insulin", and the network could not learn both situations.
+TREATMENT_CHANNELS = ("carbs", "insulin", "treatments_known")
+#: Index of the first treatment channel in the feature axis.
+TREATMENT_START = len(BASE_CHANNELS)
 
 
 @dataclass
@@ -90,9 +95,12 @@ def grid_features(grid: Grid, scaler: Scaler, use_treatments: bool) -> np.ndarra
     """Per-slot input features.
 
     Returns:
-        ``[S, F]`` float32 with channels :data:`BASE_CHANNELS` (+ treatments):
+        ``[S, F]`` float32 with channels :data:`BASE_CHANNELS` (+ :data:`TREATMENT_CHANNELS`):
         normalised glucose (0 where unavailable), available mask (real or
-        interpolated), observed mask (real only), time-of-day sine/cosine.
+        interpolated), observed mask (real only), time-of-day sine/cosine, and
+        optionally carbohydrate (g / carbs_scale), insulin (U / insulin_scale)
+        and the treatments-known flag (all three 0 when the subject has no
+        treatment columns).
     """
     available = ~np.isnan(grid.value)
     g = np.where(available, (grid.value - scaler.glucose_mean) / scaler.glucose_std, 0.0)
@@ -107,6 +115,7 @@ def grid_features(grid: Grid, scaler: Scaler, use_treatments: bool) -> np.ndarra
     if use_treatments:
         cols.append(grid.carbs / scaler.carbs_scale)
         cols.append(grid.insulin / scaler.insulin_scale)
+        cols.append(np.full(grid.n_slots, 1.0 if grid.has_treatments else 0.0))
     return np.stack(cols, axis=1).astype(np.float32)
 
 

@@ -10,6 +10,7 @@ import gzip
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from forecasting.ml.data import TYPE1_COHORTS, SubjectReadings, age_band, load_c
 from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
 from forecasting.ml.evaluation import collect_predictions, format_report, summarise
 from forecasting.ml.inference import Forecaster
-from forecasting.ml.risk import calibration_report, event_outcomes, step_cdf
+from forecasting.ml.mixed_training import MixedFineTuner, MixedTrainingConfig
+from forecasting.ml.risk import LogisticCalibrator, calibration_report, event_outcomes, step_cdf
+from forecasting.ml.simulation import SIM_COHORT, load_sim_cohort, split_sim_subjects
 from forecasting.ml.training import QuantileForecasterTrainer, TrainingConfig, split_subjects
 
 logger = logging.getLogger(__name__)
@@ -99,6 +102,13 @@ def format_calibration(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _without_treatments(subjects: dict[str, SubjectReadings], suffix: str) -> dict[str, SubjectReadings]:
+    """The same subjects with their carbohydrate/insulin columns removed, under cohort ``<cohort><suffix>``."""
+    return {
+        key: replace(r, carbs=None, insulin=None, cohort=f"{r.cohort}{suffix}") for key, r in subjects.items()
+    }
+
+
 def train_and_save(
     data_dir: str | Path,
     output_dir: str | Path,
@@ -108,40 +118,90 @@ def train_and_save(
     cohorts: tuple[str, ...] = TYPE1_COHORTS,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    sim_dir: str | Path | None = None,
+    mixed: MixedTrainingConfig | None = None,
+    warm_start: str | Path | None = None,
 ) -> Path:
-    """Train on the type 1 cohorts with a leave-subjects-out split, evaluate, save.
+    """Train on the type 1 cohorts with a leave-subjects-out split (+ simulated cohort), evaluate, save.
 
-    Returns the artifact JSON path. The metrics stored in the JSON are on the
-    held-out test subjects only.
+    Stage 1 trains the glucose-only network on the real cohorts (or, with ``warm_start``, loads a
+    stage-1 artifact trained with the same split). Stage 2 runs when the simulated cohort exists in
+    ``sim_dir``: it fine-tunes a widened copy on real + simulated windows with the treatment channels
+    (see :mod:`forecasting.ml.mixed_training`). Without the cohort the glucose-only model is saved.
+
+    Returns the artifact JSON path. The metrics stored in the JSON are on the held-out test subjects only
+    (real, and simulated when stage 2 ran).
     """
     t0 = time.monotonic()
     subjects = load_cohorts(data_dir, cohorts)
     split = split_subjects(subjects, seed=training.seed)
     echo(f"subjects: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
     part = {k: {key: subjects[key] for key in v} for k, v in split.items()}
-    trainer = QuantileForecasterTrainer(training, window or WindowConfig(), device=device, progress=progress)
-    trainer.fit(part["train"], part["val"])
-    echo(f"trained in {trainer.train_seconds_ / 60:.1f} min, best epoch {trainer.best_epoch_}")
-    forecaster = trainer.to_forecaster()
-    forecaster.device = "cpu"
-    forecaster.network.to("cpu")
+    if warm_start is not None:
+        base = Forecaster.load(warm_start, device=device)
+        if base.config.use_treatments:
+            raise ValueError(f"--warm-start {warm_start} must be a glucose-only (stage 1) model")
+        if base.metadata.get("split") != split:
+            raise ValueError(f"--warm-start {warm_start} was trained on a different subject split")
+        meta = {k: base.metadata[k] for k in (
+            "window_config", "scaler", "training_config", "calibration", "history", "best_epoch", "ridge",
+            "training_data", "train_seconds", "device") if k in base.metadata}
+        meta["warm_start_sha256"] = base.metadata.get("sha256")
+        network, stage1_window, scaler = base.network, base.config, base.scaler
+        echo(f"stage 1: warm start from {warm_start} (sha256 {str(base.metadata.get('sha256'))[:12]})")
+    else:
+        trainer = QuantileForecasterTrainer(training, window or WindowConfig(), device=device, progress=progress)
+        trainer.fit(part["train"], part["val"])
+        echo(f"stage 1 trained in {trainer.train_seconds_ / 60:.1f} min, best epoch {trainer.best_epoch_}")
+        meta = trainer.metadata()
+        network, stage1_window, scaler = trainer.network_, trainer.window, trainer.scaler_
+    sim_part: dict[str, dict[str, SubjectReadings]] = {}
+    sim_split: dict[str, list[str]] = {}
+    if sim_dir is not None:
+        try:
+            sim_subjects = load_sim_cohort(sim_dir)
+        except FileNotFoundError as exc:
+            echo(f"{exc}; skipping stage 2 (the saved model is glucose-only)")
+        else:
+            sim_split = split_sim_subjects(sorted(sim_subjects), seed=training.seed)
+            sim_part = {k: {key: sim_subjects[key] for key in v} for k, v in sim_split.items()}
+            echo(f"simulated: train {len(sim_split['train'])}, val {len(sim_split['val'])}, test {len(sim_split['test'])}")
+    calibrators = {k: LogisticCalibrator(**v) for k, v in meta.get("calibration", {}).items()}
+    final_window = stage1_window
+    if sim_part:
+        tuner = MixedFineTuner(mixed or MixedTrainingConfig(seed=training.seed), device=device, progress=progress)
+        tuner.fit(network, stage1_window, scaler, part["train"], part["val"], sim_part["train"], sim_part["val"])
+        echo(f"stage 2 fine-tuned in {tuner.train_seconds_ / 60:.1f} min, best epoch {tuner.best_epoch_}")
+        meta.update(tuner.metadata())
+        network, final_window, calibrators = tuner.network_, tuner.window_, tuner.calibrators_
+    network.to("cpu")
+    forecaster = Forecaster(network, final_window, scaler, calibrators, metadata=meta, device="cpu")
     rows, calibration = evaluate_subjects(part["test"], forecaster)
-    report = format_report(rows)
-    echo(report)
+    if sim_part:
+        sim_rows, _ = evaluate_subjects(sim_part["test"], forecaster)
+        blind_rows, _ = evaluate_subjects(_without_treatments(sim_part["test"], " (CGM only)"), forecaster)
+        # Simulated rows: the cohort and, as the bias audit, its age groups (labelled apart from the real bands).
+        blind_rows = [r for r in blind_rows if str(r["cohort"]).endswith("(CGM only)")]
+        for r in sim_rows + blind_rows:
+            if r["cohort"] == "all":
+                continue
+            if not str(r["cohort"]).startswith(SIM_COHORT):
+                r = {**r, "cohort": f"{SIM_COHORT} {r['cohort']}"}
+            rows.append(r)
+    echo(format_report(rows))
     echo(format_calibration(calibration))
-    meta = trainer.metadata()
     meta.update(
         {
             "version": MODEL_VERSION,
             "split": split,
+            "sim_split": sim_split,
             "metrics_held_out": rows,
             "calibration_report": {k: {kk: vv for kk, vv in v.items()} for k, v in calibration.items()},
-            "data_dir_files": [f"{c}.csv.gz" for c in cohorts],
+            "data_dir_files": [f"{c}.csv.gz" for c in cohorts] + ([f"{SIM_COHORT}.csv.gz"] if sim_part else []),
             "total_seconds": round(time.monotonic() - t0, 1),
         }
     )
-    trainer.network_.to("cpu")
-    path = save_artifact(output_dir, ARTIFACT_NAME, trainer.network_, "patch_gru", meta)
+    path = save_artifact(output_dir, ARTIFACT_NAME, network, "patch_gru", meta)
     echo(f"saved {path}")
     return path
 

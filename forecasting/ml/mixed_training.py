@@ -1,0 +1,230 @@
+"""Stage 2 of training: teach the glucose-only model to use carbohydrate and insulin.
+
+Stage 1 (:class:`forecasting.ml.training.QuantileForecasterTrainer`) learns from the real type 1 cohorts,
+which carry glucose only. Stage 2 widens its input with the treatment channels (carbs, insulin and the
+"treatments known" flag; see ``datasets.TREATMENT_CHANNELS``) and fine-tunes it on a mix of the same real
+windows and simulated ones (simglucose, with meals and boluses).
+
+Why a warm start instead of training from scratch on the mix: the widened network starts out computing
+exactly the stage-1 function (the new input weights are zero), so real-data accuracy starts where it was
+and the validation loss on real subjects guards it; and the fine-tune costs a few minutes, not a full run.
+
+Why treatment dropout: a simulated window has its treatment channels and flag zeroed with probability
+``treatment_dropout``, so the network also sees simulated glucose as "treatments unknown" and does not
+learn that the flag means "simulated physiology".
+
+Pure numpy/torch; no Django.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from forecasting.ml.data import SubjectReadings
+from forecasting.ml.datasets import TREATMENT_CHANNELS, TREATMENT_START, Batch, Scaler, TrainingWindows, WindowConfig
+from forecasting.ml.inference import Forecaster
+from forecasting.ml.networks import PatchGRUForecaster, pinball_loss
+from forecasting.ml.risk import LogisticCalibrator, event_outcomes, raw_event_probabilities
+from forecasting.ml.training import build_bank, seed_everything, summarise_data
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MixedTrainingConfig:
+    """Hyperparameters of the stage-2 fine-tune (saved in the artifact)."""
+
+    epochs: int = 4
+    samples_per_epoch: int = 150_000
+    batch_size: int = 512
+    #: Share of every batch drawn from simulated windows.
+    sim_fraction: float = 0.3
+    #: Probability that a simulated window's treatment channels (and flag) are zeroed.
+    treatment_dropout: float = 0.3
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-5
+    val_samples: int = 40_000
+    seed: int = 0
+    num_threads: int = 2
+    max_minutes: float = 20.0
+
+
+def widen_for_treatments(base: PatchGRUForecaster) -> PatchGRUForecaster:
+    """A copy of ``base`` that also reads the treatment channels, computing the same function.
+
+    The patch embedding sees each slot's features followed by the relative glucose, so a token of the
+    base network is ``patch x (F0 + 1)`` wide and the widened one ``patch x (F0 + 3 + 1)``. The base
+    weights are copied to their new columns and the treatment columns start at zero.
+    """
+    f0 = base.n_features
+    f1 = f0 + len(TREATMENT_CHANNELS)
+    wide = PatchGRUForecaster(
+        n_features=f1,
+        context_steps=base.context_steps,
+        horizon_steps=base.horizon_steps,
+        hidden=base.hidden,
+        patch=base.patch,
+        recent_steps=base.recent_steps,
+        head_hidden=base.head_hidden,
+    )
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    w0 = state["embed.0.weight"]
+    w1 = torch.zeros(w0.shape[0], base.patch * (f1 + 1), dtype=w0.dtype)
+    for s in range(base.patch):
+        w1[:, s * (f1 + 1) : s * (f1 + 1) + f0] = w0[:, s * (f0 + 1) : s * (f0 + 1) + f0]
+        w1[:, s * (f1 + 1) + f1] = w0[:, s * (f0 + 1) + f0]
+    state["embed.0.weight"] = w1
+    wide.load_state_dict(state)
+    return wide
+
+
+@dataclass
+class MixedEpochLog:
+    epoch: int
+    train_loss: float
+    val_loss_real: float
+    val_loss_sim: float
+    seconds: float
+
+
+@dataclass
+class MixedFineTuner:
+    """Fine-tunes a widened network on real + simulated windows; fitted attributes end in ``_``."""
+
+    config: MixedTrainingConfig = field(default_factory=MixedTrainingConfig)
+    device: str = "cpu"
+    progress: bool = True
+
+    def fit(
+        self,
+        base: PatchGRUForecaster,
+        base_window: WindowConfig,
+        scaler: Scaler,
+        real_train: dict[str, SubjectReadings],
+        real_val: dict[str, SubjectReadings],
+        sim_train: dict[str, SubjectReadings],
+        sim_val: dict[str, SubjectReadings],
+    ) -> MixedFineTuner:
+        cfg = self.config
+        if self.device == "cpu":
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        started = time.monotonic()
+        window = WindowConfig(**{**asdict(base_window), "use_treatments": True})
+        # The scaler stays stage 1's: the glucose normalisation must not move under the warm start.
+        banks = {
+            name: build_bank(subjects, window, scaler)
+            for name, subjects in (("real_train", real_train), ("real_val", real_val), ("sim_train", sim_train), ("sim_val", sim_val))
+        }
+        windows = {}
+        for name, bank in banks.items():
+            origins = bank.training_origins()
+            if name.endswith("val") and origins.shape[0] > cfg.val_samples:
+                origins = np.sort(rng.choice(origins, cfg.val_samples, replace=False))
+            windows[name] = TrainingWindows(bank, origins)
+        logger.info("stage 2 windows: %s", {k: len(v) for k, v in windows.items()})
+        network = widen_for_treatments(base).to(self.device)
+        opt = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        n_sim = round(cfg.batch_size * cfg.sim_fraction)
+        n_real = cfg.batch_size - n_sim
+        steps_per_epoch = max(1, cfg.samples_per_epoch // cfg.batch_size)
+        total_steps = cfg.epochs * steps_per_epoch
+        real_loss, sim_loss = self._validate(network, windows["real_val"]), self._validate(network, windows["sim_val"])
+        # Epoch 0 (the untouched stage-1 function) is a candidate too: stage 2 can only be kept if it helps.
+        best = (real_loss + sim_loss, 0, copy.deepcopy(network.state_dict()))
+        history = [MixedEpochLog(0, float("nan"), real_loss, sim_loss, 0.0)]
+        logger.info("stage 2 epoch 0: val real %.5f sim %.5f", real_loss, sim_loss)
+        step = 0
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.monotonic()
+            network.train()
+            total, count = 0.0, 0
+            bar = tqdm(range(steps_per_epoch), desc=f"stage 2 epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
+            for _ in bar:
+                lr = cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(step / total_steps, 1.0))))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                step += 1
+                batch = self._mixed_batch(windows["real_train"], windows["sim_train"], n_real, n_sim, rng)
+                loss = pinball_loss(network(batch.x), batch.y, batch.mask)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+                opt.step()
+                total += float(loss.detach()) * batch.x.shape[0]
+                count += batch.x.shape[0]
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            real_loss, sim_loss = self._validate(network, windows["real_val"]), self._validate(network, windows["sim_val"])
+            history.append(MixedEpochLog(epoch, total / max(count, 1), real_loss, sim_loss, time.monotonic() - t0))
+            logger.info("stage 2 epoch %d: train %.5f, val real %.5f sim %.5f (%.0f s)", epoch, total / max(count, 1),
+                        real_loss, sim_loss, time.monotonic() - t0)
+            if real_loss + sim_loss < best[0] - 1e-5:
+                best = (real_loss + sim_loss, epoch, copy.deepcopy(network.state_dict()))
+            if (time.monotonic() - started) / 60 > cfg.max_minutes:
+                logger.info("stage 2 stopping: max_minutes=%.1f reached", cfg.max_minutes)
+                break
+        network.load_state_dict(best[2])
+        network.eval()
+        self.network_ = network
+        self.window_ = window
+        self.scaler_ = scaler
+        self.history_ = history
+        self.best_epoch_ = best[1]
+        # Risk calibration on the real validation subjects: live patients have no treatment data today.
+        self.calibrators_ = self._calibrate(banks["real_val"], windows["real_val"].origins)
+        self.train_seconds_ = time.monotonic() - started
+        self.data_summary_ = {"sim_train": summarise_data(sim_train), "sim_val": summarise_data(sim_val)}
+        return self
+
+    def _mixed_batch(
+        self, real: TrainingWindows, sim: TrainingWindows, n_real: int, n_sim: int, rng: np.random.Generator
+    ) -> Batch:
+        a = real.batch(rng.choice(real.origins, n_real), self.device)
+        b = sim.batch(rng.choice(sim.origins, n_sim), self.device)
+        drop = torch.from_numpy(rng.random(n_sim) < self.config.treatment_dropout).to(self.device)
+        b.x[drop, :, TREATMENT_START : TREATMENT_START + len(TREATMENT_CHANNELS)] = 0.0
+        return Batch(x=torch.cat([a.x, b.x]), y=torch.cat([a.y, b.y]), mask=torch.cat([a.mask, b.mask]))
+
+    def _validate(self, network: torch.nn.Module, val: TrainingWindows) -> float:
+        network.eval()
+        total, weight = 0.0, 0.0
+        with torch.inference_mode():
+            for batch in val.iterate(4096, None, self.device):
+                w = float(batch.mask.sum())
+                total += float(pinball_loss(network(batch.x), batch.y, batch.mask)) * w
+                weight += w
+        return total / max(weight, 1.0)
+
+    def _calibrate(self, bank: Any, origins: np.ndarray) -> dict[str, LogisticCalibrator]:
+        forecaster = Forecaster(self.network_, self.window_, self.scaler_, {}, device=self.device)
+        q = forecaster.predict_bank(bank, origins)
+        raw = raw_event_probabilities(q[..., 0], q[..., 1], q[..., 2])
+        outcomes = event_outcomes(bank.targets(origins)[0])
+        cals: dict[str, LogisticCalibrator] = {}
+        for name, p in raw.items():
+            happened, known = outcomes[name]
+            if known.sum() < 50 or happened[known].sum() < 5:
+                cals[name] = LogisticCalibrator()
+            else:
+                cals[name] = LogisticCalibrator().fit(p[known], happened[known])
+        return cals
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "window_config": asdict(self.window_),
+            "mixed_training_config": asdict(self.config),
+            "mixed_history": [asdict(h) for h in self.history_],
+            "mixed_best_epoch": self.best_epoch_,
+            "calibration": {k: v.to_dict() for k, v in self.calibrators_.items()},
+            "mixed_train_seconds": round(self.train_seconds_, 1),
+            "mixed_training_data": self.data_summary_,
+        }

@@ -1,0 +1,122 @@
+"""Simulated cohort (simglucose wrapper) and the treatment channels of stage-2 training (CPU, seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forecasting.ml.data import build_grid, read_cgm_csv
+from forecasting.ml.datasets import TREATMENT_START, Scaler, WindowConfig, grid_features
+from forecasting.ml.inference import Forecaster
+from forecasting.ml.mixed_training import MixedFineTuner, MixedTrainingConfig, widen_for_treatments
+from forecasting.ml.networks import PatchGRUForecaster
+from forecasting.ml.simulation import PATIENT_NAMES, _meal_plan, split_sim_subjects
+
+from .conftest import synthetic_subject
+
+needs_simglucose = pytest.mark.skipif(
+    importlib.util.find_spec("simglucose") is None, reason="simglucose is not installed (pip install simglucose==0.2.11)"
+)
+
+
+def with_treatments(subject_id: str, seed: int, cohort: str = "simglucose"):  # type: ignore[no-untyped-def]
+    s = synthetic_subject(subject_id, days=1.5, seed=seed, cohort=cohort)
+    carbs = np.zeros(len(s))
+    insulin = np.zeros(len(s))
+    carbs[::60] = 40.0
+    insulin[::60] = 4.0
+    s.carbs, s.insulin = carbs, insulin
+    return s
+
+
+@needs_simglucose
+def test_a_tiny_simulation_writes_the_shared_csv_format(tmp_path: Path) -> None:
+    from forecasting.ml.simulation import simulate_patient
+
+    frame = simulate_patient("adult#001", days=2 / 24, seed=3)
+    assert list(frame.columns) == ["subject_id", "timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"]
+    assert len(frame) == 24  # one reading per 5 minutes
+    assert frame["glucose_mg_dl"].between(40, 400).all() and frame["glucose_mg_dl"].nunique() > 1
+    path = tmp_path / "sim.csv"
+    frame.to_csv(path, index=False)
+    subject = read_cgm_csv(path)["sim-adult#001"]
+    grid = build_grid(subject)
+    assert grid.has_treatments and grid.observed.all()
+    assert np.diff(subject.times).tolist() == [300] * 23
+
+
+@needs_simglucose
+def test_the_simulation_is_seeded() -> None:
+    from forecasting.ml.simulation import simulate_patient
+
+    a = simulate_patient("child#002", days=1 / 24, seed=5)
+    b = simulate_patient("child#002", days=1 / 24, seed=5)
+    c = simulate_patient("child#002", days=1 / 24, seed=6)
+    assert a.equals(b)
+    assert not a["glucose_mg_dl"].equals(c["glucose_mg_dl"])
+
+
+def test_meal_plans_are_randomised_and_scaled_by_body_size() -> None:
+    rng = np.random.default_rng(0)
+    days = [_meal_plan(rng, d, 1.0) for d in range(50)]
+    minutes = [m.minute % 1440 for day in days for m in day]
+    assert 6 * 60 <= min(minutes) and max(minutes) < 23 * 60
+    meals = [m for day in days for m in day]
+    assert any(m.bolus_factor == 0 for m in meals), "some meals go unbolused"
+    assert len({round(m.bolus_factor, 3) for m in meals if m.bolus_factor}) > 10, "carb counting errs"
+    small = [m.carbs_g for d in range(50) for m in _meal_plan(np.random.default_rng(0), d, 0.5)]
+    assert np.mean(small) < np.mean([m.carbs_g for m in meals])
+
+
+def test_simulated_split_is_by_patient_and_stratified_by_age_group() -> None:
+    keys = [f"simglucose/sim-{n}" for n in PATIENT_NAMES]
+    split = split_sim_subjects(keys, seed=0)
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(keys)
+    assert not set(split["train"]) & (set(split["test"]) | set(split["val"]))
+    for group in ("child", "adolescent", "adult"):
+        assert sum(group in k for k in split["test"]) == 2
+        assert sum(group in k for k in split["val"]) == 1
+
+
+def test_the_treatment_flag_tells_no_data_from_zero_intake() -> None:
+    scaler = Scaler()
+    cgm_only = build_grid(synthetic_subject("a", days=0.5))
+    no_intake = with_treatments("b", seed=1)
+    no_intake.carbs[:] = 0.0
+    no_intake.insulin[:] = 0.0
+    a = grid_features(cgm_only, scaler, use_treatments=True)[:, TREATMENT_START:]
+    b = grid_features(build_grid(no_intake), scaler, use_treatments=True)[:, TREATMENT_START:]
+    assert not a.any()
+    assert not b[:, :2].any() and (b[:, 2] == 1).all()
+
+
+def test_widening_keeps_the_glucose_only_function() -> None:
+    base = PatchGRUForecaster(n_features=5, context_steps=24, horizon_steps=6, hidden=8, head_hidden=16, patch=6, recent_steps=6)
+    wide = widen_for_treatments(base)
+    x = torch.randn(4, 24, 5)
+    with torch.no_grad():
+        same = wide(torch.cat([x, torch.zeros(4, 24, 3)], dim=-1))
+        assert torch.equal(base(x), same)
+        wide.embed[0].weight.add_(0.1)  # once trained, treatments change the forecast
+        assert not torch.equal(same, wide(torch.cat([x, torch.ones(4, 24, 3)], dim=-1)))
+
+
+def test_stage_two_fine_tunes_on_real_and_simulated_windows() -> None:
+    torch.manual_seed(0)
+    window = WindowConfig(context_steps=24, horizon_steps=24)
+    base = PatchGRUForecaster(n_features=5, context_steps=24, horizon_steps=24, hidden=8, head_hidden=16, patch=6, recent_steps=6)
+    real = {f"r{i}": synthetic_subject(f"r{i}", days=1.5, seed=i, cohort="real") for i in range(2)}
+    sim = {f"s{i}": with_treatments(f"s{i}", seed=10 + i) for i in range(2)}
+    cfg = MixedTrainingConfig(epochs=2, samples_per_epoch=512, batch_size=128, val_samples=200, num_threads=1)
+    tuner = MixedFineTuner(cfg, progress=False).fit(base, window, Scaler(), real, {"rv": real["r1"]}, sim, {"sv": sim["s1"]})
+    assert tuner.window_.use_treatments and tuner.network_.n_features == 8
+    assert [h.epoch for h in tuner.history_] == [0, 1, 2]
+    best = tuner.history_[tuner.best_epoch_]
+    assert best.val_loss_real + best.val_loss_sim == min(h.val_loss_real + h.val_loss_sim for h in tuner.history_)
+    forecaster = Forecaster(tuner.network_, tuner.window_, tuner.scaler_, tuner.calibrators_)
+    out = forecaster.forecast_patients([real["r0"], sim["s0"]])
+    assert [o.status for o in out] == ["ok", "ok"]
