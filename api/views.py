@@ -10,7 +10,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -254,13 +253,3 @@ class PatientSummaryApi(APIView):
             }
         )
 
-
-class HealthApi(APIView):
-    """Liveness: the process answers. No internals, no authentication."""
-
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    @extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField()}))
-    def get(self, request: Request) -> Response:
-        return Response({"status": "ok"})

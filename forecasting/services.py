@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from forecasting.models import Forecast, ForecastEvent, ForecastStatus, ModelVersion, RiskAssessment
+from glucoscope.observability.metrics import observe_forecast_batch
 from glucoscope.patients.models import Patient
 from glucoscope.readings.models import GlucoseReading, SensorFlag
 
@@ -127,6 +128,7 @@ def _local_seconds(moments: Sequence[datetime], zone: ZoneInfo) -> np.ndarray:
     )
 
 
+@observe_forecast_batch
 def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None) -> list[Forecast]:
     """Forecast a group of patients in one batched forward pass and store the results idempotently."""
     from forecasting.ml.data import SubjectReadings, readings_from_arrays

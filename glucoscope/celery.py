@@ -9,3 +9,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "glucoscope.settings")
 app = Celery("glucoscope")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Request ids in task headers, task ids in worker log lines, workers logging with settings.LOGGING.
+import glucoscope.observability.celery_signals  # noqa: E402,F401

@@ -6,6 +6,7 @@ the HTTPS settings checked by `manage.py check --deploy`.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from glucoscope.env import env_bool, env_int, env_list, env_str
+from glucoscope.observability.logs import logging_config as _logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -224,14 +226,26 @@ if not DEBUG:
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# --- Logging and metrics (issue 6 §4; docs/scaling.md) -----------------------
+# Every line carries the request id (X-Request-ID) and, in workers, the task id and the id of the
+# request that caused the task. JSON (one object per line) in production, plain text in DEBUG.
+LOG_FORMAT = (env_str("LOG_FORMAT") or ("plain" if DEBUG else "json")).lower()
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use json or plain")
+LOGGING = _logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO") or "INFO")
+MIDDLEWARE.insert(0, "glucoscope.observability.middleware.RequestObservabilityMiddleware")
+# /metrics answers only these source addresses (REMOTE_ADDR, never X-Forwarded-For) or METRICS_BEARER_TOKEN.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+try:
+    for _entry in METRICS_ALLOWED_IPS:
+        ipaddress.ip_network(_entry, strict=False)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_exc}") from _exc
+METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN") or ""
+if METRICS_BEARER_TOKEN and len(METRICS_BEARER_TOKEN) < 32:
+    raise ImproperlyConfigured("METRICS_BEARER_TOKEN must be at least 32 characters")
+# Probes and scrapers on loopback speak plain HTTP; everything else is redirected to HTTPS.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # Forecasting: the model shipped in the repository is registered and activated on first use.
 FORECASTER_DEFAULT_ARTIFACT = "forecasting/artifacts/forecaster.json"

@@ -2,12 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from api import views
+from api import health
 from api.urls import nightscout_v1, v1
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("healthz", views.HealthApi.as_view(), name="healthz"),
+    path("healthz", health.HealthApi.as_view(), name="healthz"),
+    path("readyz", health.ReadinessApi.as_view(), name="readyz"),
+    path("metrics", health.MetricsApi.as_view(), name="metrics"),
     path("api/v1/", include((v1, "api"), namespace="v1")),
     path("nightscout/api/v1/", include((nightscout_v1, "nightscout"), namespace="nightscout")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

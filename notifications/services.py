@@ -30,6 +30,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from glucoscope.observability.metrics import observe_delivery
 from glucoscope.patients.models import CaregiverLink, Patient, Role, User
 from notifications import rules
 from notifications.fcm import FcmTransport, PushMessage, backoff_delay, transport_from_settings
@@ -545,6 +546,7 @@ def _tip_blocked_by_alert(notification: Notification, now: datetime) -> bool:
     ).exists()
 
 
+@observe_delivery
 def notifications_deliver(
     *, notification_ids: Sequence[int], now: datetime | None = None, transport: FcmTransport | None = None,
 ) -> DeliveryReport:

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from glucoscope.observability.metrics import record_ingest
 from glucoscope.patients.selectors import patient_devices_by_serial, vendor_links
 from glucoscope.readings import services
 from glucoscope.readings.models import GlucoseReading
@@ -142,6 +143,7 @@ def reading_batch_ingest(
     outcome.rejected.sort(key=lambda entry: entry["index"])
     result = services.readings_ingest(readings=to_store, source=uploader.source)
     outcome.accepted, outcome.duplicates = result.accepted, result.duplicates
+    record_ingest(source=uploader.source, outcome=outcome)
     return outcome
 
 

@@ -48,6 +48,10 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("v1:my-caregivers", "post"): {**PATIENTS_ONLY, "patient": 201, "other_patient": 201},
     ("v1:my-caregiver", "delete"): {**PATIENTS_ONLY, "patient": 204, "other_patient": 404},
     ("healthz", "get"): everyone(200),
+    ("readyz", "get"): everyone(200),
+    # Answered by source address, not by role: the test client comes from 127.0.0.1, which the default
+    # METRICS_ALLOWED_IPS admits. tests/observability/test_metrics.py shows any other address gets 404.
+    ("metrics", "get"): everyone(200),
     ("schema", "get"): everyone(200),
     ("api-docs", "get"): everyone(200),
     ("v1:token", "post"): everyone(200),
