@@ -1,4 +1,4 @@
-"""Credentials other than people's Bearer tokens: vendor API keys and Nightscout secrets."""
+"""Credentials: people's Bearer tokens (with revocation), vendor API keys and Nightscout secrets."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.exceptions import InvalidToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from glucoscope.patients.credentials import nightscout_secret_digest, nightscout_token_digest
-from glucoscope.patients.models import NightscoutCredential, VendorApiKey
+from glucoscope.patients.models import NightscoutCredential, User, VendorApiKey
 
+GENERATION_CLAIM = "gen"
+ERR_REVOKED = "Token has been revoked; sign in again."
 ERR_BAD_API_KEY = "Invalid, revoked or expired API key."
 ERR_BAD_NIGHTSCOUT_SECRET = "Unknown api-secret or token."
 # Recording every use would add a write to every request; minute resolution is enough for audits.
@@ -53,6 +59,7 @@ class NightscoutPrincipal(MachinePrincipal):
     """A Nightscout uploader: the credential identifies one patient."""
 
     patient_id: int
+    credential_id: int
     role = "nightscout"
 
     @property
@@ -92,17 +99,47 @@ class NightscoutAuthentication(authentication.BaseAuthentication):
         token = request.query_params.get("token", "").strip()
         if not secret and not token:
             return None
-        credential = None
         if secret:
-            credential = (
-                NightscoutCredential.objects.filter(secret_digest=nightscout_secret_digest(secret)).first()
-                or NightscoutCredential.objects.filter(token_digest=nightscout_token_digest(secret)).first()
-            )
-        elif token:
-            credential = NightscoutCredential.objects.filter(token_digest=nightscout_token_digest(token)).first()
+            # The header carries either sha1(secret) or, as some clients send it, the token itself.
+            digests = Q(secret_digest=nightscout_secret_digest(secret)) | Q(token_digest=nightscout_token_digest(secret))
+        else:
+            digests = Q(token_digest=nightscout_token_digest(token))
+        now = timezone.now()
+        # A rotated credential keeps working until its grace period ends (expires_at), then never again.
+        credential = (
+            NightscoutCredential.objects.filter(digests)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .only("pk", "patient_id")
+            .first()
+        )
         if credential is None:
             raise exceptions.AuthenticationFailed(ERR_BAD_NIGHTSCOUT_SECRET)
-        return NightscoutPrincipal(patient_id=credential.patient_id), credential
+        return NightscoutPrincipal(patient_id=credential.patient_id, credential_id=credential.pk), credential
 
     def authenticate_header(self, request: Request) -> str:
         return "api-secret"
+
+
+def token_generation(token: Token) -> int:
+    # Tokens minted without the claim (RefreshToken.for_user) belong to generation 0.
+    return int(token.payload.get(GENERATION_CLAIM, 0))
+
+
+class GlucoScopeRefreshToken(RefreshToken):
+    """A refresh token stamped with the user's generation; the access tokens made from it inherit the claim."""
+
+    @classmethod
+    def for_user(cls, user: Any) -> GlucoScopeRefreshToken:
+        token = cast(GlucoScopeRefreshToken, super().for_user(user))
+        token[GENERATION_CLAIM] = user.token_generation
+        return token
+
+
+class RevocableJWTAuthentication(JWTAuthentication):
+    """simplejwt's Bearer authentication, refusing tokens from before the user's last revocation."""
+
+    def get_user(self, validated_token: Token) -> Any:
+        user = cast(User, super().get_user(validated_token))
+        if token_generation(validated_token) != user.token_generation:
+            raise InvalidToken({"detail": ERR_REVOKED, "code": "token_revoked"})
+        return user

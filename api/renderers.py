@@ -16,4 +16,14 @@ class OrjsonRenderer(BaseRenderer):
         if data is None:
             return b""
         # Django's lazy translation strings and DRF's ErrorDetail are str subclasses; `default` covers the rest.
-        return orjson.dumps(data, default=str, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+        return orjson.dumps(data, default=_plain, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _plain(value: Any) -> Any:
+    # With OPT_PASSTHROUGH_SUBCLASS every subclass lands here, including DRF's ReturnDict/ReturnList
+    # (serializer.errors): those must stay objects and arrays, not become their Python repr.
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return str(value)

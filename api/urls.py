@@ -1,11 +1,13 @@
 from django.urls import path, re_path
 
-from api import account, analytics, audit, fhir, forecasts, notifications, sharing, views
+from api import account, analytics, audit, auth, fhir, forecasts, notifications, sharing, views
 from api.nightscout import views as ns
 
 v1 = [
-    path("auth/token", views.TokenObtainApi.as_view(), name="token"),
-    path("auth/token/refresh", views.TokenRefreshApi.as_view(), name="token-refresh"),
+    path("auth/token", auth.TokenObtainApi.as_view(), name="token"),
+    path("auth/token/refresh", auth.TokenRefreshApi.as_view(), name="token-refresh"),
+    path("auth/logout", auth.LogoutApi.as_view(), name="logout"),
+    path("auth/revoke-all", auth.RevokeAllApi.as_view(), name="revoke-all"),
     path("me", account.MeAccountApi.as_view(), name="me"),
     # Patient rights and the access log (issue 6): export, account deletion (DELETE me), who accessed my data.
     path("me/export", account.MyExportApi.as_view(), name="my-export"),

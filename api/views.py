@@ -12,9 +12,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from api.authentication import VendorPrincipal
 from api.permissions import CanUploadReadings
@@ -108,22 +106,6 @@ def treatment_json(treatment: Treatment) -> dict[str, Any]:
         "entered_by": treatment.entered_by_label,
         "source": treatment.source,
     }
-
-
-class LoginThrottle(ScopedRateThrottle):
-    scope_attr = "throttle_scope"
-
-
-class TokenObtainApi(TokenObtainPairView):
-    """`{"username", "password"}` → `{"access", "refresh"}`. Access tokens expire (ACCESS_TOKEN_MINUTES)."""
-
-    throttle_classes = [LoginThrottle]
-    throttle_scope = "login"
-
-
-class TokenRefreshApi(TokenRefreshView):
-    throttle_classes = [LoginThrottle]
-    throttle_scope = "login"
 
 
 class MeApi(APIView):

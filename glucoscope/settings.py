@@ -293,3 +293,48 @@ CELERY_BEAT_SCHEDULE["forecasting.refresh_triage_counts"] = {"task": "forecastin
 CELERY_BEAT_SCHEDULE["forecasting.refresh_triage_counts_full"] = {
     "task": "forecasting.refresh_triage_counts", "schedule": 86400.0, "kwargs": {"full": True},
 }
+
+# --- Authentication, MFA and limits (issue 6; see docs/security.md) ------------------------
+INSTALLED_APPS += ["axes", "django_otp", "django_otp.plugins.otp_totp"]
+# django-otp marks a session verified after a TOTP code; it must run after the session user is known.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "django_otp.middleware.OTPMiddleware")
+# django-axes turns a locked-out sign-in into api.auth.lockout_response; it must be last.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+# AxesStandaloneBackend refuses a locked-out username+address before the password is even checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10)
+# Hours as a float (0.25 = 15 minutes); failures older than this are forgotten and the lockout ends.
+AXES_COOLOFF_TIME = float(env_str("AXES_COOLOFF_HOURS", "0.25") or 0.25)
+# Username and address together: a stolen-password guesser is stopped without letting anyone lock a
+# clinician out from elsewhere by typing their username. The per-address login throttle bounds sprays.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "api.auth.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+# How many proxies in front of the app append to X-Forwarded-For. 0 (the default): the header is
+# ignored, since a client could otherwise send any address and dodge per-address limits.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "api.throttling.client_address"
+# axes keeps only the failures; a row per successful token request would grow without bound.
+AXES_DISABLE_ACCESS_LOG = True
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "GlucoScope")
+
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    # JWTAuthentication plus the per-user revocation check (token generation).
+    "api.authentication.RevocableJWTAuthentication",
+    "api.authentication.VendorApiKeyAuthentication",
+]
+# One budget per person, per vendor key, per Nightscout credential and per anonymous address.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+    "api.throttling.AnonymousAddressThrottle",
+    "api.throttling.PersonThrottle",
+    "api.throttling.VendorKeyThrottle",
+    "api.throttling.NightscoutCredentialThrottle",
+]
+REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT  # type: ignore[assignment]  # the literal above holds no ints
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    **REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],  # type: ignore[dict-item]
+    "vendor_key": env_str("THROTTLE_VENDOR_KEY_RATE", "600/min"),
+    "nightscout": env_str("THROTTLE_NIGHTSCOUT_RATE", "600/min"),
+}

@@ -1,9 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
+from django_otp.admin import OTPAdminSite
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from api import health
 from api.urls import nightscout_v1, v1
+
+# The admin needs password and TOTP code (django-otp); an unverified session is treated as not staff.
+# Every model registered with admin.site is served by this OTP-enforcing class.
+admin.site.__class__ = OTPAdminSite
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -9,6 +9,11 @@ import pytest
 from django.core.cache import cache
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
+from django.http import HttpRequest
+from django.test import Client
+from django_otp import login as otp_login
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -54,6 +59,32 @@ def bearer(user: User) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
     return client
+
+
+def otp_verified_login(client: Client, user: User) -> TOTPDevice:
+    """Signs `user` in on `client` with password-equivalent force_login plus a verified TOTP second factor.
+
+    The second factor is recorded with django_otp.login, exactly what the care-team TOTP step and the
+    OTP admin login do after a correct code; MFA itself stays on. Returns the (confirmed) device.
+    """
+    client.force_login(user)
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(
+        user=user, name="test authenticator", confirmed=True
+    )
+    session = client.session  # a fresh SessionStore bound to the client's cookie; saved below
+    request = HttpRequest()
+    request.session = session
+    request.user = user
+    otp_login(request, device)
+    session.save()
+    return device
+
+
+def totp_code(device: TOTPDevice, *, steps_ahead: int = 0) -> str:
+    """The code an authenticator app shows now (or `steps_ahead` 30-second steps later) for this device."""
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = totp.time + steps_ahead * device.step
+    return str(totp.token()).zfill(device.digits)
 
 
 def api_key_client(key: str) -> APIClient:

@@ -7,12 +7,14 @@ Access rules are not here but in `selectors.py`; these models only hold the fact
 from __future__ import annotations
 
 import zoneinfo
+from typing import Any
 
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey
 
 MGDL_PER_MMOLL = 18.016  # GUIDE.md §5: 1 mmol/L glucose = 18.016 mg/dL
@@ -41,6 +43,37 @@ class DiabetesType(models.TextChoices):
 
 class User(AbstractUser):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.PATIENT)
+    # Bumped to revoke every token issued so far: access and refresh tokens carry the generation
+    # they were issued under (claim `gen`; tokens without it count as 0) and api.auth refuses
+    # any other. A counter, not a timestamp, because JWT `iat` has one-second resolution and a
+    # token issued in the same second as the revocation must still be refused.
+    token_generation = models.PositiveIntegerField(default=0, editable=False)
+    tokens_revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    _TOKEN_FIELDS = ("token_generation", "tokens_revoked_at")
+
+    def revoke_tokens_in_memory(self) -> None:
+        """Every token issued before this call stops working once the row is saved."""
+        self.token_generation += 1
+        self.tokens_revoked_at = timezone.now()
+        self._token_fields_dirty = True
+
+    def set_password(self, raw_password: str | None) -> None:
+        # A password change or reset ends every token issued under the old password
+        # (Django already ends the sessions through the session auth hash).
+        super().set_password(raw_password)
+        if self.pk is not None:
+            self.revoke_tokens_in_memory()
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Deactivation revokes too, so reactivating an account does not revive tokens issued before.
+        if self.pk is not None and not self.is_active and User.objects.filter(pk=self.pk, is_active=True).exists():
+            self.revoke_tokens_in_memory()
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and getattr(self, "_token_fields_dirty", False):
+            kwargs["update_fields"] = {*update_fields, *self._TOKEN_FIELDS}
+        super().save(*args, **kwargs)
+        self._token_fields_dirty = False
 
 
 def validate_time_zone(value: str) -> None:
@@ -166,9 +199,17 @@ class NightscoutCredential(models.Model):
 
     Uploaders send `api-secret: sha1(secret)`. We keep only sha256 of that SHA-1 hex,
     so the stored value cannot be replayed as a header, and look it up by index.
+
+    A patient normally has one. Rotation issues a second one and gives the old one an
+    `expires_at` (the grace period), so uploaders can be switched over without a gap.
     """
 
-    patient = models.OneToOneField(Patient, on_delete=models.CASCADE, related_name="nightscout_credential")
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="nightscout_credentials")
     secret_digest = models.CharField(max_length=64, unique=True)
     token_digest = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Null: valid until rotated. Set: refused from this instant on.
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def is_valid_at(self, moment: Any) -> bool:
+        return self.expires_at is None or moment < self.expires_at

@@ -18,7 +18,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -31,39 +30,20 @@ from forecasting.selectors import forecast_latest
 from glucoscope.audit.context import audit_note
 from glucoscope.metrics import agp_profile, daily_profiles
 from glucoscope.patients.models import MGDL_PER_MMOLL, Patient, Role
-from glucoscope.web import analytics, charts, selectors
+from glucoscope.web import analytics, charts, otp_views, selectors
 from notifications.services import MAX_MESSAGE_LENGTH, NotificationError, care_message_send
 
 MESSAGE_SENT = "Message queued for the patient's app (sent outside their quiet hours)."
 
 ERR_NOT_CLINICIAN_LOGIN = "This sign-in is for care-team clinicians. Staff use /admin/; patients use the app."
-ERR_TOO_MANY_ATTEMPTS = "Too many failed sign-ins. Try again in 15 minutes."
-# Brute-force guard (OWASP API2:2023 Broken Authentication): failed sign-ins per username and per
-# client address within the window. The API's token endpoint has its own throttle.
-MAX_FAILED_LOGINS = 10
-FAILED_LOGIN_WINDOW_SECONDS = 15 * 60
+# Repeated failed sign-ins (password or second-factor code) lock the username at that address out
+# through django-axes (settings AXES_*; docs/security.md), shared with the API and the admin.
 UNITS = ("mg/dL", "mmol/L")
 RECENT_HOURS = 6
 
 
 class ClinicianAuthenticationForm(AuthenticationForm):
     """Only clinicians sign in here, so a patient's password never opens another patient's data."""
-
-    def _failure_keys(self) -> list[str]:
-        username = str(self.data.get("username", "")).strip().lower()
-        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
-        return [f"web-login-fail:user:{username}", f"web-login-fail:ip:{address}"]
-
-    def clean(self) -> dict[str, Any]:
-        if any((cache.get(key) or 0) >= MAX_FAILED_LOGINS for key in self._failure_keys()):
-            raise forms.ValidationError(ERR_TOO_MANY_ATTEMPTS, code="throttled")
-        try:
-            return super().clean()
-        except forms.ValidationError:
-            for key in self._failure_keys():
-                cache.add(key, 0, FAILED_LOGIN_WINDOW_SECONDS)
-                cache.incr(key)
-            raise
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)
@@ -72,9 +52,14 @@ class ClinicianAuthenticationForm(AuthenticationForm):
 
 
 class ClinicianLoginView(LoginView):
+    """The password step; the second factor (glucoscope/web/otp_views.py) follows before any page opens."""
+
     template_name = "web/login.html"
     authentication_form = ClinicianAuthenticationForm
     redirect_authenticated_user = True
+
+    def get_success_url(self) -> str:
+        return otp_views.with_next("web:otp-verify", super().get_success_url())
 
 
 View = Callable[..., HttpResponse]
@@ -91,6 +76,9 @@ def clinician_page(view: View) -> View:
             selectors.clinician_or_denied(request.user)
         except PermissionError as exc:
             raise PermissionDenied(str(exc)) from None
+        if not request.user.is_verified():  # type: ignore[union-attr]  # set by django_otp's middleware
+            # Password alone is not enough for health data: the TOTP step (or enrolment) comes first.
+            return redirect(otp_views.with_next("web:otp-verify", request.get_full_path()))
         return view(request, *args, **kwargs)
 
     return wrapper

@@ -56,6 +56,9 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("api-docs", "get"): everyone(200),
     ("v1:token", "post"): everyone(200),
     ("v1:token-refresh", "post"): everyone(200),
+    # Signing out: a person revokes their own refresh token (someone else's is a 400 naming `refresh`).
+    ("v1:logout", "post"): {**people_only(**dict.fromkeys(PEOPLE, 400)), "patient": 204},
+    ("v1:revoke-all", "post"): people_only(),
     ("v1:me", "get"): people_only(),
     # Patient rights (issue 6): a patient exports or deletes only their own account. The matrix sends a
     # wrong password, so deletion answers 403 here; tests/security/test_patient_rights.py deletes for real.
@@ -153,6 +156,7 @@ def request_body(name: str, world: World, team_id: int) -> Any:
     return {
         "v1:token": {"username": "alice", "password": "correct-horse-battery"},
         "v1:token-refresh": {"refresh": str(RefreshToken.for_user(world.alice.user))},
+        "v1:logout": {"refresh": str(RefreshToken.for_user(world.alice.user))},
         "v1:my-consents": {"care_team": team_id},
         "v1:me": {"password": "not-the-password"},
         "v1:my-caregivers": {"username": world.caregiver.username},

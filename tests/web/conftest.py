@@ -6,15 +6,20 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from api.auth import mfa_required
 from forecasting import services as forecasting_services
 from forecasting.models import Forecast, ForecastStatus, GlucotypeAssignment, GlucotypeModel, RiskAssessment
 from glucoscope.patients.models import Patient, User
 from glucoscope.web.services import TRIAGE_DAYS, day_counts_refresh
+from tests.conftest import otp_verified_login
 
 
 def session_client(user: User | None) -> Client:
+    """A signed-in session; clinicians and staff also pass the TOTP step (MFA is never switched off in tests)."""
     client = Client()
-    if user is not None:
+    if user is not None and mfa_required(user):
+        otp_verified_login(client, user)
+    elif user is not None:
         client.force_login(user)
     return client
 

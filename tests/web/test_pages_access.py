@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from glucoscope.web.views import ERR_NOT_CLINICIAN_LOGIN, ERR_TOO_MANY_ATTEMPTS, MAX_FAILED_LOGINS
+from glucoscope.web.views import ERR_NOT_CLINICIAN_LOGIN
 from tests.analytics.helpers import add_readings, synthetic_days
-from tests.conftest import World
+from tests.conftest import World, totp_code
 from tests.web.conftest import session_client
 
 pytestmark = pytest.mark.django_db
@@ -56,9 +58,13 @@ def test_unknown_patient_is_404_not_500(world: World) -> None:
     assert session_client(world.clinician).get("/care/patients/999999/").status_code == 404
 
 
-def test_clinician_signs_in_with_a_session_and_patients_cannot(world: World) -> None:
+def test_clinician_signs_in_with_password_and_totp_code_and_patients_cannot(world: World) -> None:
+    device = TOTPDevice.objects.create(user=world.clinician, name="phone", confirmed=True)
     client = Client()
     response = client.post("/care/login/", {"username": "dr-dan", "password": "correct-horse-battery"})
+    assert response.status_code == 302 and response["Location"] == "/care/otp/?next=%2Fcare%2F"
+    assert client.get("/care/")["Location"].startswith("/care/otp/")  # the password alone opens nothing
+    response = client.post("/care/otp/", {"code": totp_code(device), "next": "/care/"})
     assert response.status_code == 302 and response["Location"] == "/care/"
     assert client.get("/care/").status_code == 200
     refused = Client().post("/care/login/", {"username": "alice", "password": "correct-horse-battery"})
@@ -73,10 +79,11 @@ def test_pages_are_not_cached(world: World) -> None:
 
 
 def test_repeated_failed_sign_ins_are_refused_even_with_the_right_password(world: World) -> None:
-    for _ in range(MAX_FAILED_LOGINS):
+    for _ in range(settings.AXES_FAILURE_LIMIT):
         Client().post("/care/login/", {"username": "dr-dan", "password": "wrong-password-123"})
     response = Client().post("/care/login/", {"username": "dr-dan", "password": "correct-horse-battery"})
-    assert response.status_code == 200 and ERR_TOO_MANY_ATTEMPTS in response.content.decode()
+    assert response.status_code == 429 and "Too many failed sign-ins" in response.content.decode()
+    assert int(response["Retry-After"]) > 0
 
 
 @pytest.mark.parametrize("model", ["forecasting/glucotypemodel", "forecasting/glucotypeassignment", "web/patientdaycounts"])
