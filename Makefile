@@ -105,6 +105,18 @@ bench-forecast: install
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py bench_forecast $(BENCH_ARGS)
 
+## make bench-workers: patients forecast per second with 1, 2 and 4 forecasting Celery worker processes
+## (docs/scaling.md; database glucoscope_bench, Redis db 11; its patients are deleted afterwards).
+.PHONY: bench-workers
+bench-workers: export SECRET_KEY ?= bench-only-secret-key-not-for-production-0123456789
+bench-workers: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/glucoscope_bench
+bench-workers: export REDIS_URL ?= redis://127.0.0.1:6379/11
+bench-workers: install
+	psql "$${DATABASE_URL%/*}/postgres" -tc "SELECT 1 FROM pg_database WHERE datname = '$${DATABASE_URL##*/}'" | grep -q 1 \
+	  || psql "$${DATABASE_URL%/*}/postgres" -c "CREATE DATABASE $${DATABASE_URL##*/}"
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py bench_workers $(BENCH_ARGS)
+
 ## make fuzz: schemathesis over every operation in /api/schema/ as every role, longer than the CI run
 ## (FUZZ_MAX_EXAMPLES per operation × role, default 200 here, 10 in `make test`).
 .PHONY: fuzz
