@@ -127,7 +127,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 REDIS_URL = env_str("REDIS_URL") or ""
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Fails open (glucoscope/cache.py): the cache holds only disposable state, so a Redis outage
+    # pauses throttling instead of failing every request; short timeouts keep a hung Redis from stalling them.
+    CACHES = {"default": {
+        "BACKEND": "glucoscope.cache.FailOpenRedisCache", "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

@@ -168,7 +168,7 @@ class CeleryWorker:
         )
         try:
             wait_until(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
-                       timeout=60, what=f"worker {name} to start", interval=0.1)
+                       timeout=120, what=f"worker {name} to start", interval=0.1)
         except AssertionError:
             self.stop()
             raise
@@ -198,14 +198,14 @@ class CeleryWorker:
 class WebServer:
     """gunicorn serving glucoscope.wsgi, as in production, on a free loopback port."""
 
-    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1) -> None:
+    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 1, threads: int = 4) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "glucoscope.wsgi", "-w", str(workers), "--threads", str(threads),
-             "-b", f"127.0.0.1:{self.port}", "--timeout", "60", "--graceful-timeout", "5"],
+             "-b", f"127.0.0.1:{self.port}", "--timeout", "120", "--graceful-timeout", "5", "--preload"],
             cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -213,12 +213,13 @@ class WebServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited at start:\n{self.log()[-3000:]}")
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+                # The first request imports the URLconf and views: slow on a busy 2-core machine.
+                return httpx.get(f"{self.url}/healthz", timeout=60).status_code == 200
             except httpx.TransportError:
                 return False
 
         try:
-            wait_until(answers, timeout=60, what="gunicorn to answer /healthz", interval=0.2)
+            wait_until(answers, timeout=150, what="gunicorn to answer /healthz", interval=0.2)
         except BaseException:
             self.stop()
             raise
