@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from forecasting.stratification import synthetic_patients
 from glucoscope.patients import services as patient_services
 from glucoscope.patients.models import Role
 from tests.analytics.helpers import add_readings
+from tests.conftest import totp_code
 from tests.factories import CareTeamFactory, PatientFactory, UserFactory, consent
 from tests.web.conftest import add_forecast, add_glucotype, refresh_counts
 
@@ -43,6 +45,7 @@ def clinic(settings):  # type: ignore[no-untyped-def]
     team = CareTeamFactory(name="Diabetes clinic")
     clinician = UserFactory(username="dr-demo", role=Role.CLINICIAN, first_name="Dana", last_name="Doctor")
     patient_services.care_team_add_clinician(care_team=team, clinician=clinician)
+    TOTPDevice.objects.create(user=clinician, name="phone", confirmed=True)  # the second sign-in step
     x, _ = synthetic_patients(len(PEOPLE), days=14, seed=11, kinds=[2, 0, 1, 2, 0, 1])
     patients = []
     for i, ((first, last), row) in enumerate(zip(PEOPLE, x, strict=True)):
@@ -77,6 +80,9 @@ def test_login_dashboard_sort_patient_and_pdf(live_server, clinic, tmp_path: Pat
         page.fill("#id_username", "dr-demo")
         page.fill("#id_password", PASSWORD)
         page.click("#sign-in")
+        page.wait_for_selector("#verify-code")  # the password alone opens nothing: TOTP code next
+        page.fill("#id_code", totp_code(TOTPDevice.objects.get(user__username="dr-demo")))
+        page.click("#verify-code")
         page.wait_for_selector("#triage")
         rows = page.locator("#triage tbody tr")
         assert rows.count() == len(PEOPLE)
