@@ -169,18 +169,26 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
 
 def _store(patient: Patient, result: PatientForecast, version: ModelVersion, *, series: list[tuple[datetime, object]], now: datetime) -> Forecast:
     origin = series[-1][0] if series else now.replace(microsecond=0)
+    fields = {
+        "status": result.status,
+        "reason": result.reason,
+        "points": [
+            {"minutes_ahead": p.minutes_ahead, "p10": round(p.p10, 1), "p50": round(p.p50, 1), "p90": round(p.p90, 1)}
+            for p in result.points
+        ],
+    }
     with transaction.atomic():
         forecast, created = Forecast.objects.get_or_create(
-            patient=patient, origin=origin, model_version=version,
-            defaults={
-                "status": result.status,
-                "reason": result.reason,
-                "points": [
-                    {"minutes_ahead": p.minutes_ahead, "p10": round(p.p10, 1), "p50": round(p.p50, 1), "p90": round(p.p90, 1)}
-                    for p in result.points
-                ],
-            },
+            patient=patient, origin=origin, model_version=version, defaults=fields,
         )
+        if not created and result.status == ForecastStatus.OK and forecast.status != ForecastStatus.OK:
+            # The context arrived after the newest reading (out of order, or back-filled): the origin's
+            # earlier "insufficient" forecast is completed in place. Conditional, so of two concurrent
+            # runs only one completes it and adds its risk row.
+            created = bool(
+                Forecast.objects.filter(pk=forecast.pk).exclude(status=ForecastStatus.OK).update(**fields)
+            )
+            forecast.refresh_from_db()
         if created and result.status == ForecastStatus.OK:
             RiskAssessment.objects.create(forecast=forecast, **{RISK_FIELDS[k]: v for k, v in result.risk.items() if k in RISK_FIELDS})
             _raise_events(patient, forecast)
