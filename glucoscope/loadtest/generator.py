@@ -18,6 +18,7 @@ from http.cookies import SimpleCookie
 
 import httpx
 import orjson
+from django_otp.oath import totp
 
 from glucoscope.loadtest.population import Clinician, Phone, Population, Vendor
 
@@ -56,6 +57,7 @@ class Results:
     samples: list[Sample] = field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
+    signed_in: int = 0  # clinicians with a verified /care/ session
 
     def record(self, endpoint: str, seconds: float, status: int) -> None:
         self.latencies[endpoint].append(seconds)
@@ -158,23 +160,41 @@ class LoadGenerator:
     # --- clinicians ----------------------------------------------------------------
 
     async def _sign_in(self, client: httpx.AsyncClient, clinician: Clinician) -> dict[str, str]:
-        """The /care/ login form, CSRF token and all. Cookies are carried by hand: the production
-        settings mark them Secure, and a cookie jar would not send those over loopback HTTP."""
+        """The /care/ sign-in as a browser does it: the password form, then the authenticator code
+        when the pages ask for one. Cookies are carried by hand: production marks them Secure, and
+        a cookie jar would not send those over loopback HTTP. Returns {} when sign-in failed."""
         cookies: dict[str, str] = {}
+        answer = await self._submit_form(client, "/care/login/?next=/care/", "/care/login/", cookies,
+                                          {"username": clinician.username, "password": clinician.password})
+        if answer is None or answer.status_code != 302:
+            return {}
+        location = httpx.URL(answer.headers.get("location", "")).path
+        if location.startswith("/care/otp"):
+            if clinician.totp_key is None:
+                return {}
+            code = totp(clinician.totp_key)
+            answer = await self._submit_form(client, f"{location}?next=/care/", "/care/otp/", cookies, {"code": f"{code:06d}"})
+            if answer is None or answer.status_code != 302:
+                return {}
+            location = httpx.URL(answer.headers.get("location", "")).path
+        return cookies if location == "/care/" else {}
+
+    async def _submit_form(self, client: httpx.AsyncClient, url: str, name: str, cookies: dict[str, str],
+                           fields: dict[str, str]) -> httpx.Response | None:
+        """GET a form page for its CSRF token, then POST it (both recorded apart from the load)."""
         setup = self.sign_in_results
-        page = await self._request(client, "GET /care/login/", "GET", "/care/login/", results=setup)
+        page = await self._request(client, f"GET {name}", "GET", url, results=setup,
+                                   headers={"Cookie": _cookie_header(cookies)})
         if page is None or page.status_code != 200:
-            return cookies
+            return None
         _keep_cookies(page, cookies)
         match = CSRF_FIELD.search(page.content)
-        form = {"username": clinician.username, "password": clinician.password,
-                "csrfmiddlewaretoken": match.group(1).decode() if match else ""}
-        answer = await self._request(client, "POST /care/login/", "POST", "/care/login/", data=form, results=setup,
-                                     headers={"Cookie": _cookie_header(cookies), "Referer": f"{self.base_url}/care/login/"})
-        if answer is None or answer.status_code != 302:
-            return {}  # counted as a failed sign-in; this clinician then uses the API only
-        _keep_cookies(answer, cookies)
-        return cookies
+        form = {**fields, "csrfmiddlewaretoken": match.group(1).decode() if match else ""}
+        answer = await self._request(client, f"POST {name}", "POST", url, data=form, results=setup,
+                                     headers={"Cookie": _cookie_header(cookies), "Referer": f"{self.base_url}{url}"})
+        if answer is not None:
+            _keep_cookies(answer, cookies)
+        return answer
 
     async def _clinician(self, client: httpx.AsyncClient, clinician: Clinician, cookies: dict[str, str]) -> None:
         api = {"Authorization": f"Bearer {clinician.token}"}
@@ -220,6 +240,7 @@ class LoadGenerator:
                 self._sign_in(client, clinician) if self.workload.web_pages else _no_session()
                 for clinician in population.clinicians
             ])
+            self.sign_in_results.signed_in = sum(1 for cookies in sessions if cookies)
             self.results.started = time.perf_counter()
             self.deadline = time.monotonic() + self.workload.seconds
             tasks = [self._phone(client, phone) for phone in population.phones]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.test.utils import override_settings
 from django.utils import timezone
 
 from forecasting.models import Forecast
 from glucoscope.patients import services as patient_services
-from glucoscope.patients.models import CareTeam, Patient, Role, User, VendorOrganization
+from glucoscope.patients.models import CareTeam, Device, Patient, Role, User, VendorOrganization
 from glucoscope.readings.batches import Uploader, reading_batch_ingest
 from glucoscope.readings.models import GlucoseReading, PatientOutbox, PatientSummary, ReadingSource
 
@@ -42,6 +45,7 @@ class Clinician:
     username: str
     password: str
     token: str
+    totp_key: bytes | None  # the confirmed authenticator's secret, for the /care/ second step
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +71,16 @@ def seed_population(*, patients: int, vendors: int, clinicians: int, care_teams:
     clinician j works in care team j mod `care_teams`.
     """
     with transaction.atomic():
+        usernames = [f"load-patient-{number}" for number in range(patients)]
+        # A previous run's patients are reused as they are (one query); only missing ones are created.
+        existing = {p.user.username: p for p in Patient.objects.filter(user__username__in=usernames).select_related("user")}
         with override_settings(PASSWORD_HASHERS=FAST_HASHERS):
             people = [
-                patient_services.patient_upsert(
-                    username=f"load-patient-{number}", password=secrets.token_urlsafe(12), time_zone="UTC",
+                existing.get(username) or patient_services.patient_upsert(
+                    username=username, password=secrets.token_urlsafe(12), time_zone="UTC",
                     diabetes_type="type1", birth_year=1960 + number % 50,
                 )
-                for number in range(patients)
+                for number, username in enumerate(usernames)
             ]
         teams = [CareTeam.objects.get_or_create(name=f"Load care team {number}")[0] for number in range(care_teams)]
         for number, patient in enumerate(people):
@@ -83,19 +90,25 @@ def seed_population(*, patients: int, vendors: int, clinicians: int, care_teams:
             organisation, _ = VendorOrganization.objects.get_or_create(name=f"Load vendor {number}")
             patient_services.vendor_api_key_revoke(vendor=organisation, name="loadtest")
             _, key = patient_services.vendor_api_key_create(vendor=organisation, name="loadtest")
+            linked = set(Device.objects.filter(vendor=organisation).values_list("serial", "patient_id"))
             serials = tuple(
+                f"LOAD-{number}-{patient.pk}" if (f"LOAD-{number}-{patient.pk}", patient.pk) in linked else
                 patient_services.device_link(vendor=organisation, serial=f"LOAD-{number}-{patient.pk}", patient=patient).serial
                 for patient in people[number::vendors]
             )
             vendor_rows.append((organisation, Vendor(name=organisation.name, key=key, serials=serials)))
         # Clinicians sign in to /care/ through the real login form, so their passwords use the
-        # production hasher (about 0.3 s each).
+        # production hasher (0.3–1.3 s each on this machine). The password is derived from
+        # SECRET_KEY, so a later run against the same database reuses the stored hash.
         doctors = []
+        known = {u.username: u for u in User.objects.filter(username__startswith="load-clinician-", role=Role.CLINICIAN)}
         for number in range(clinicians):
-            password = secrets.token_urlsafe(16)
-            user = patient_services.user_upsert(username=f"load-clinician-{number}", role=Role.CLINICIAN, password=password)
+            username = f"load-clinician-{number}"
+            password = _clinician_password(username)
+            user = known.get(username) or patient_services.user_upsert(username=username, role=Role.CLINICIAN, password=password)
             patient_services.care_team_add_clinician(care_team=teams[number % care_teams], clinician=user)
-            doctors.append(Clinician(username=user.username, password=password, token=_access_token(user)))
+            doctors.append(Clinician(username=user.username, password=password, token=_access_token(user),
+                                     totp_key=_authenticator(user)))
     history = _seed_history(vendor_rows, people, vendors=vendors, now=timezone.now())
     return Population(
         phones=tuple(Phone(patient_id=p.pk, token=_access_token(p.user)) for p in people),
@@ -103,6 +116,18 @@ def seed_population(*, patients: int, vendors: int, clinicians: int, care_teams:
         clinicians=tuple(doctors),
         history_readings=history,
     )
+
+
+def _clinician_password(username: str) -> str:
+    return hmac.new(settings.SECRET_KEY.encode(), f"loadtest:{username}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _authenticator(user: User) -> bytes | None:
+    """A confirmed TOTP device, issued the way an operator issues one (`manage.py otp_enrol --replace`)."""
+    enrol = getattr(patient_services, "totp_enrol_by_operator", None)
+    if enrol is None:  # a checkout from before the care-team pages required a second factor
+        return None
+    return bytes(enrol(user=user, replace=True).device.bin_key)
 
 
 def _access_token(user: User) -> str:
