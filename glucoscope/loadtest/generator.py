@@ -170,14 +170,17 @@ class LoadGenerator:
             return {}
         location = httpx.URL(answer.headers.get("location", "")).path
         if location.startswith("/care/otp"):
-            if clinician.totp_key is None:
-                return {}
             code = totp(clinician.totp_key)
             answer = await self._submit_form(client, f"{location}?next=/care/", "/care/otp/", cookies, {"code": f"{code:06d}"})
             if answer is None or answer.status_code != 302:
                 return {}
             location = httpx.URL(answer.headers.get("location", "")).path
-        return cookies if location == "/care/" else {}
+        if location != "/care/":
+            return {}
+        # Signed in only if the dashboard itself answers, rather than sending the session back to a sign-in step.
+        dashboard = await self._request(client, "GET /care/", "GET", "/care/", results=self.sign_in_results,
+                                        headers={"Cookie": _cookie_header(cookies)})
+        return cookies if dashboard is not None and dashboard.status_code == 200 else {}
 
     async def _submit_form(self, client: httpx.AsyncClient, url: str, name: str, cookies: dict[str, str],
                            fields: dict[str, str]) -> httpx.Response | None:

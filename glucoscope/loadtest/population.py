@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.test.utils import override_settings
 from django.utils import timezone
 
+from api.authentication import GlucoScopeRefreshToken
 from forecasting.models import Forecast
 from glucoscope.patients import services as patient_services
 from glucoscope.patients.models import CareTeam, Device, Patient, Role, User, VendorOrganization
@@ -45,7 +46,7 @@ class Clinician:
     username: str
     password: str
     token: str
-    totp_key: bytes | None  # the confirmed authenticator's secret, for the /care/ second step
+    totp_key: bytes  # the confirmed authenticator's secret, for the /care/ second step
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,18 +123,13 @@ def _clinician_password(username: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), f"loadtest:{username}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _authenticator(user: User) -> bytes | None:
+def _authenticator(user: User) -> bytes:
     """A confirmed TOTP device, issued the way an operator issues one (`manage.py otp_enrol --replace`)."""
-    enrol = getattr(patient_services, "totp_enrol_by_operator", None)
-    if enrol is None:  # a checkout from before the care-team pages required a second factor
-        return None
-    return bytes(enrol(user=user, replace=True).device.bin_key)
+    return bytes(patient_services.totp_enrol_by_operator(user=user, replace=True).device.bin_key)
 
 
 def _access_token(user: User) -> str:
     # The project's own token, stamped with the user's token generation as sign-in would stamp it.
-    from api.authentication import GlucoScopeRefreshToken
-
     return str(GlucoScopeRefreshToken.for_user(user).access_token)
 
 

@@ -64,7 +64,8 @@ def test_short_run_stores_every_acknowledged_reading_and_ends_with_the_verdict()
     for endpoint in ("POST /api/v1/readings (1 reading)", "POST /api/v1/readings (1,000 readings)",
                      "GET /api/v1/patients", "GET /api/v1/patients/{id}/forecast", "GET /care/ "):
         assert f"| {endpoint.strip()} |" in table, endpoint
-    assert "2 of 2 signed in" in table
+    # Both clinicians passed the password and the TOTP step of /care/ and reached the dashboard.
+    assert "2 of 2 signed in (2 with a TOTP code)" in table
     # The command stopped the gunicorn it started: nothing answers on its port any more.
     server = re.search(r"against (http://127\.0\.0\.1:\d+)", run.stderr)
     assert server, run.stderr[-3000:]

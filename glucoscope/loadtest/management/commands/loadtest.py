@@ -126,6 +126,7 @@ class Command(BaseCommand):
                           f"{len(population.clinicians)} clinicians, {population.history_readings:,} history readings "
                           f"in {time.monotonic() - started:.1f} s; starting gunicorn and Celery (logs in {log_dir})")
                 stack.start()
+                self._say("gunicorn and the Celery workers answer; waiting for the history's forecasts (warm-up)")
                 # The history's after-ingest tasks load the model in each worker: wait for them, so the
                 # measured lag is the steady state, not the first model load.
                 self._wait_drained(60.0, "warm-up")
@@ -136,7 +137,8 @@ class Command(BaseCommand):
                     asyncio.run(generator.run())
                 finally:
                     results, sign_ins = generator.results, generator.sign_in_results
-                self._say(f"load done (load average {_load()}); waiting up to {options['drain_seconds']:g} s for the pipeline")
+                self._say(f"load done (load average {_load()}); {PatientOutbox.objects.count()} patients waiting in the "
+                          f"outbox; waiting up to {options['drain_seconds']:g} s for the pipeline")
                 self._wait_drained(options["drain_seconds"], "drain")
             except (KeyboardInterrupt, Interrupted):
                 failure = "interrupted"
