@@ -101,6 +101,8 @@ class AccountDeletionThrottle(SimpleRateThrottle):
 class MeAccountApi(MeApi):
     """`GET me`: the caller's profile. `DELETE me`: a patient deletes their account (password required)."""
 
+    openapi_body_methods = ("DELETE",)  # DELETE me carries the password in its body (api/schema.py)
+
     def get_permissions(self) -> Sequence[Any]:
         if self.request.method == "DELETE":
             return [IsPatientAccount()]
@@ -113,6 +115,8 @@ class MeAccountApi(MeApi):
         return throttles
 
     @extend_schema(
+        description="Delete the caller's patient account and all its data; their tokens stop working. The audit "
+                    "log keeps an `account_deleted` entry. Send the current password.",
         request=inline_serializer("AccountDelete", {"password": serializers.CharField(help_text="The current password.")}),
         responses={204: None,
                    400: OpenApiResponse(description="password missing."),
