@@ -37,6 +37,7 @@ from rest_framework.views import APIView
 from api.analytics import PERIOD, analytics_period
 from api.forecasts import UNIT_PARAMETER
 from api.query import glucose_unit
+from api.schema import BATCH_OUTCOME_SCHEMA, batch_or_validation_error
 from api.views import BatchTooLarge
 from glucoscope.metrics import GlucoseSummary
 from glucoscope.patients.models import MGDL_PER_MMOLL, Patient, Role
@@ -45,6 +46,12 @@ from glucoscope.readings.batches import Uploader, reading_batch_ingest
 from glucoscope.readings.models import GlucoseReading, ReadingSource, SensorFlag
 from glucoscope.web import analytics
 
+# `POST readings`' outcome, plus the count of summary Observations ignored (recomputed, not imported).
+FHIR_SUBMIT_OUTCOME = {
+    **BATCH_OUTCOME_SCHEMA,
+    "properties": {**BATCH_OUTCOME_SCHEMA["properties"], "ignored": {"type": "integer", "minimum": 0}},
+    "required": [*BATCH_OUTCOME_SCHEMA["required"], "ignored"],
+}
 ERR_INCLUDE = 'include must be "readings" or absent.'
 ERR_NOT_A_BUNDLE = 'Send a FHIR Bundle (resourceType "Bundle", type "transaction" or "collection") with 1 or more entries.'
 ERR_OWN_APP_ONLY = "Only the patient's own app submits CGM bundles."
@@ -172,7 +179,9 @@ class PatientCgmSummaryFhirApi(APIView):
     """FHIR R4 Bundle (HL7 CGM IG): CGM Summary Observation with members; `include=readings` adds sensor readings."""
 
     @extend_schema(parameters=[*PERIOD, UNIT_PARAMETER, OpenApiParameter("include", str, enum=["readings"])],
-                   responses=inline_serializer("FhirBundle", {"resourceType": serializers.CharField()}))
+                   responses={(200, "application/fhir+json"): inline_serializer("FhirBundle", {
+                       "resourceType": serializers.ChoiceField(["Bundle"]), "type": serializers.ChoiceField(["collection"]),
+                       "entry": serializers.ListField(child=serializers.DictField())})})
     def get(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
         start, end = analytics_period(request, patient=patient)
@@ -230,7 +239,7 @@ class PatientCgmBundleSubmitApi(APIView):
     """
 
     @extend_schema(request=inline_serializer("FhirBundleIn", {"resourceType": serializers.CharField()}),
-                   responses=inline_serializer("FhirSubmitOutcome", {"accepted": serializers.IntegerField()}))
+                   responses={200: FHIR_SUBMIT_OUTCOME, 400: batch_or_validation_error(FHIR_SUBMIT_OUTCOME)})
     def post(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
         if request.user.role != Role.PATIENT:  # type: ignore[union-attr]

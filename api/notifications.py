@@ -117,21 +117,25 @@ def reminder_json(reminder: Reminder) -> dict[str, Any]:
 
 ObjectResponse = inline_serializer("NotificationObject", {"id": serializers.IntegerField()})
 ListResponse = inline_serializer("NotificationList", {"results": serializers.ListField()})
+DeviceResponse = inline_serializer("Device", {"id": serializers.IntegerField(), "platform": serializers.CharField()})
 
 
 # --- Devices ---------------------------------------------------------------------------------
 
 
 class MyDevicesApi(APIView):
+    openapi_body_methods = ("DELETE",)  # DELETE carries the token in its body (api/schema.py)
     audit_self = True  # a patient's push tokens are part of their record (glucoscope/audit/middleware.py)
     permission_classes: list[type[BasePermission]] = [IsPerson]
 
     @extend_schema(
         request=inline_serializer("DeviceRegister", {
             "token": serializers.CharField(), "platform": serializers.ChoiceField(["android", "ios", "web"]),
-            "app_version": serializers.CharField(required=False), "locale": serializers.CharField(required=False),
+            "app_version": serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=32),
+            "locale": serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=16),
         }),
-        responses=inline_serializer("Device", {"id": serializers.IntegerField(), "platform": serializers.CharField()}),
+        # 201 for a new token, 200 when the token was already registered (re-registration is idempotent).
+        responses={200: DeviceResponse, 201: DeviceResponse},
     )
     def post(self, request: Request) -> Response:
         data = _body(request)
@@ -146,7 +150,7 @@ class MyDevicesApi(APIView):
                 "last_seen_at": device.last_seen_at.isoformat()}
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=inline_serializer("DeviceRemove", {"token": serializers.CharField()}), responses={204: None})
+    @extend_schema(request=inline_serializer("DeviceRemove", {"token": serializers.CharField()}), responses={204: None, 404: None})
     def delete(self, request: Request) -> Response:
         try:
             removed = services.device_remove(user=_user(request), token=_body(request).get("token"))
@@ -270,7 +274,7 @@ class PatientNotificationsApi(APIView):
 class PatientMessagesApi(APIView):
     permission_classes: list[type[BasePermission]] = [IsPerson]
 
-    @extend_schema(request=inline_serializer("CareMessage", {"text": serializers.CharField()}), responses=ObjectResponse)
+    @extend_schema(request=inline_serializer("CareMessage", {"text": serializers.CharField()}), responses={201: ObjectResponse})
     def post(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=_user(request), patient_id=patient_id)
         if _user(request).role != Role.CLINICIAN:
@@ -329,7 +333,7 @@ class PatientRemindersApi(APIView):
         "local_time": serializers.CharField(), "label": serializers.CharField(required=False),
         "weekdays": serializers.ListField(required=False), "every_n_days": serializers.IntegerField(required=False),
         "start_date": serializers.DateField(required=False),
-    }), responses=ObjectResponse)
+    }), responses={201: ObjectResponse})
     def post(self, request: Request, patient_id: int) -> Response:
         patient = _reminder_writer(request, patient_id)
         try:

@@ -69,7 +69,7 @@ class ConsentListApi(APIView):
         return Response({"results": [consent_json(c) for c in consents]})
 
     @extend_schema(request=inline_serializer("ConsentGrant", {"care_team": serializers.IntegerField()}),
-                   responses=inline_serializer("Consent", {"care_team": serializers.IntegerField()}))
+                   responses={201: inline_serializer("Consent", {"care_team": serializers.IntegerField()})})
     def post(self, request: Request) -> Response:
         try:
             consent = services.consent_grant_by_id(patient=_patient(request), care_team_id=_int_field(request.data, "care_team"))
@@ -102,7 +102,7 @@ class CaregiverListApi(APIView):
         return Response({"results": [caregiver_json(link) for link in links]})
 
     @extend_schema(request=inline_serializer("CaregiverInvite", {"username": serializers.CharField()}),
-                   responses=inline_serializer("Caregiver", {"caregiver": serializers.IntegerField()}))
+                   responses={201: inline_serializer("Caregiver", {"caregiver": serializers.IntegerField()})})
     def post(self, request: Request) -> Response:
         username = request.data.get("username") if isinstance(request.data, dict) else None
         if not isinstance(username, str) or not username.strip():

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from api.authentication import VendorPrincipal
 from api.permissions import CanUploadReadings
 from api.query import glucose_unit, time_range
+from api.schema import BATCH_OUTCOME_SCHEMA, READING_BATCH, TREATMENT_BATCH, batch_or_validation_error
 from glucoscope.audit.context import audit_note
 from glucoscope.patients.models import Patient, User
 from glucoscope.patients.selectors import patient_get_for_user, patients_visible_to
@@ -32,14 +33,6 @@ START_END = [
     OpenApiParameter("start", str, description="ISO 8601 with offset, or epoch ms. Default: end − 24 h."),
     OpenApiParameter("end", str, description="ISO 8601 with offset, or epoch ms. Default: now."),
 ]
-BatchResponse = inline_serializer(
-    "BatchResponse",
-    {
-        "accepted": serializers.IntegerField(),
-        "duplicates": serializers.IntegerField(),
-        "rejected": serializers.ListField(child=serializers.DictField()),
-    },
-)
 
 
 def batch_items(data: Any) -> list[Any]:
@@ -146,7 +139,7 @@ class ReadingIngestApi(APIView):
 
     permission_classes = [CanUploadReadings]
 
-    @extend_schema(request=inline_serializer("ReadingBatch", {"timestamp": serializers.CharField()}), responses=BatchResponse)
+    @extend_schema(request=READING_BATCH, responses={200: BATCH_OUTCOME_SCHEMA, 400: batch_or_validation_error()})
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         principal = request.user
@@ -162,7 +155,7 @@ class ReadingIngestApi(APIView):
 class TreatmentIngestApi(APIView):
     """Carbohydrates (g), insulin (U), exercise and notes, from the patient, a caregiver or the care team."""
 
-    @extend_schema(request=inline_serializer("TreatmentBatch", {"timestamp": serializers.CharField()}), responses=BatchResponse)
+    @extend_schema(request=TREATMENT_BATCH, responses={200: BATCH_OUTCOME_SCHEMA, 400: batch_or_validation_error()})
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         outcome = treatment_batch_ingest(user=request.user, items=items)  # type: ignore[arg-type]
@@ -234,4 +227,3 @@ class PatientSummaryApi(APIView):
                 "computed_at": summary.computed_at.isoformat() if summary else None,
             }
         )
-

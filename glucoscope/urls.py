@@ -10,6 +10,9 @@ from api.urls import nightscout_v1, v1
 # Every model registered with admin.site is served by this OTP-enforcing class.
 admin.site.__class__ = OTPAdminSite
 
+# Unmatched API URLs answer JSON like every other API error (api/errors.py).
+handler404 = "api.errors.not_found"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.HealthApi.as_view(), name="healthz"),

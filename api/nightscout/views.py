@@ -13,7 +13,7 @@ from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from api.authentication import NightscoutAuthentication, NightscoutPrincipal
 from api.permissions import IsNightscoutUploader
+from api.schema import VALIDATION_ERROR_SCHEMA
 from api.views import batch_items
 from glucoscope.audit.context import audit_note
 from glucoscope.patients.models import Patient
@@ -38,8 +39,39 @@ from glucoscope.readings.validation import (
     parse_timestamp,
 )
 
-# Nightscout documents are free-form JSON that uploaders define; the schema says so rather than guessing.
-nightscout_schema = extend_schema(request=OpenApiTypes.ANY, responses=OpenApiTypes.ANY, tags=["nightscout"])
+# Nightscout documents are free-form JSON that uploaders define; the schema states only what GlucoScope adds
+# (`_id`s, the entry fields it serves) and leaves the rest open rather than guessing.
+_OBJECT_ID = {"type": "string", "pattern": "^[0-9a-f]{24}$"}
+NS_STORED = {"type": "array", "items": {"type": "object", "properties": {"_id": _OBJECT_ID}, "required": ["_id"]}}
+NS_ENTRIES = {"type": "array", "items": {
+    "type": "object",
+    "properties": {"_id": _OBJECT_ID, "date": {"type": "integer"}, "mills": {"type": "integer"},
+                   "dateString": {"type": "string"}, "type": {"type": "string", "enum": ["sgv", "mbg"]},
+                   "sgv": {"type": "integer"}, "mbg": {"type": "integer"}, "direction": {"type": "string"},
+                   "trend": {"type": "integer"}, "delta": {"type": "number"}},
+    "required": ["_id", "date", "dateString", "type"],
+}}
+NS_REJECTED = {"oneOf": [
+    {"type": "object", "description": "No item was valid; `rejected` lists each with its index and reason.",
+     "properties": {"status": {"type": "integer", "enum": [400]}, "message": {"type": "string"},
+                    "rejected": {"type": "array", "items": {"type": "object"}}},
+     "required": ["status", "message", "rejected"]},
+    VALIDATION_ERROR_SCHEMA,
+]}
+NS_OBJECT = {"type": "object"}
+_TOKEN = OpenApiParameter("token", str, description="A Nightscout-style access token, instead of the api-secret header.")
+_COUNT = OpenApiParameter("count", {"type": "integer", "minimum": 0, "maximum": 10_000},
+                          description="How many, newest first (default 10; 0 means the maximum, 10,000).")
+
+
+def _find(*fields: str) -> list[OpenApiParameter]:
+    return [OpenApiParameter(f"find[{field}][{op}]", str, description="Epoch ms or ISO 8601 (no offset: UTC).")
+            for field in fields for op in ("$gte", "$gt", "$lte", "$lt")]
+
+
+def ns_schema(*, parameters: list[OpenApiParameter] | None = None, request: Any = None, responses: Any) -> Any:
+    return extend_schema(parameters=[_TOKEN, *(parameters or [])], request=request, responses=responses,
+                         tags=["nightscout"])
 
 DEFAULT_COUNT = 10
 MAX_COUNT = 10_000
@@ -163,7 +195,7 @@ class EntriesApi(NightscoutView):
 
     only_sgv = False
 
-    @nightscout_schema
+    @ns_schema(parameters=[_COUNT, *_find("date", "dateString")], responses={200: NS_ENTRIES})
     def get(self, request: Request) -> Response:
         patient = self.patient(request)
         start, end = _find_range(request, ("date", "dateString"))
@@ -181,7 +213,7 @@ class EntriesApi(NightscoutView):
         previous_of = {sgv_rows[i].pk: sgv_rows[i + 1] for i in range(len(sgv_rows) - 1)}
         return Response([entry_json(r, previous_of.get(r.pk)) for r in rows[:count]])
 
-    @nightscout_schema
+    @ns_schema(request=OpenApiTypes.ANY, responses={200: NS_STORED, 400: NS_REJECTED})
     def post(self, request: Request) -> Response:
         patient = self.patient(request)
         items = batch_items(request.data)
@@ -213,7 +245,7 @@ class EntriesSgvApi(EntriesApi):
 
 
 class EntriesCurrentApi(NightscoutView):
-    @nightscout_schema
+    @ns_schema(responses={200: NS_ENTRIES})
     def get(self, request: Request) -> Response:
         latest = selectors.readings_latest(patient=self.patient(request), limit=2)
         return Response([entry_json(latest[0], latest[1] if len(latest) > 1 else None)] if latest else [])
@@ -228,7 +260,7 @@ class DocumentCollectionApi(NightscoutView):
 
     collection: str = ""
 
-    @nightscout_schema
+    @ns_schema(parameters=[_COUNT, *_find("created_at", "date")], responses={200: NS_STORED})
     def get(self, request: Request) -> Response:
         start, end = _find_range(request, ("created_at", "date"))
         documents = selectors.nightscout_documents(
@@ -236,7 +268,7 @@ class DocumentCollectionApi(NightscoutView):
         )
         return Response([{**d.document, "_id": object_id(d.pk, self.collection)} for d in documents])
 
-    @nightscout_schema
+    @ns_schema(request=OpenApiTypes.ANY, responses={200: NS_STORED})
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         if not all(isinstance(item, dict) for item in items):
@@ -244,7 +276,7 @@ class DocumentCollectionApi(NightscoutView):
         documents = _store_documents(self.patient(request), self.collection, items)
         return Response([{**d.document, "_id": object_id(d.pk, self.collection)} for d in documents])
 
-    @nightscout_schema
+    @ns_schema(request=OpenApiTypes.ANY, responses={200: NS_STORED})
     def put(self, request: Request) -> Response:
         return self.post(request)
 
@@ -279,7 +311,7 @@ def treatment_ns_json(treatment: Treatment) -> dict[str, Any]:
 
 
 class TreatmentsApi(NightscoutView):
-    @nightscout_schema
+    @ns_schema(parameters=[_COUNT, *_find("created_at", "date", "timestamp")], responses={200: NS_STORED})
     def get(self, request: Request) -> Response:
         start, end = _find_range(request, ("created_at", "date", "timestamp"))
         treatments = Treatment.objects.filter(patient=self.patient(request))
@@ -289,7 +321,7 @@ class TreatmentsApi(NightscoutView):
             treatments = treatments.filter(occurred_at__lte=end)
         return Response([treatment_ns_json(t) for t in treatments.order_by("-occurred_at")[: _count(request)]])
 
-    @nightscout_schema
+    @ns_schema(request=OpenApiTypes.ANY, responses={200: NS_STORED, 400: NS_REJECTED})
     def post(self, request: Request) -> Response:
         items = batch_items(request.data)
         ids, rejected = nightscout_treatment_batch_ingest(patient_id=self.patient(request).pk, items=items)
@@ -305,7 +337,7 @@ class StatusApi(APIView):
     authentication_classes = [NightscoutAuthentication]
     permission_classes = [AllowAny]
 
-    @nightscout_schema
+    @ns_schema(responses={200: NS_OBJECT})
     def get(self, request: Request) -> Response:
         now = timezone.now()
         authorized = isinstance(request.user, NightscoutPrincipal)
@@ -324,6 +356,8 @@ class StatusApi(APIView):
 class VerifyAuthApi(APIView):
     """AndroidAPS and others call this to test their credential; it always answers 200, as Nightscout does."""
 
+    openapi_never_401 = True  # a wrong secret is reported in the body (api/schema.py)
+
     authentication_classes = [NightscoutAuthentication]
     permission_classes = [AllowAny]
 
@@ -333,7 +367,7 @@ class VerifyAuthApi(APIView):
         except Exception:  # a wrong secret is an answer here, not an error
             request._user = None  # type: ignore[attr-defined]
 
-    @nightscout_schema
+    @ns_schema(responses={200: NS_OBJECT})
     def get(self, request: Request) -> Response:
         ok = isinstance(request.user, NightscoutPrincipal)
         return Response({"status": 200, "message": {
@@ -345,6 +379,6 @@ class VerifyAuthApi(APIView):
 class ExperimentsTestApi(NightscoutView):
     """Loop calls this to check its credential."""
 
-    @nightscout_schema
+    @ns_schema(responses={200: NS_OBJECT})
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
