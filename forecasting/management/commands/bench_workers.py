@@ -4,7 +4,7 @@ For each worker count it starts that many real `celery worker -Q forecasting` pr
 one torch thread each, as docs/scaling.md recommends), lets every worker load the model on warm-up
 tasks, then enqueues `forecasting.forecast_patients` for N patients (6 h of 5-minute readings each,
 in tasks of --chunk patients, as the ingest pipeline does) and measures, from the first publish to
-the last Forecast row, patients forecast per second. Each forecast is the worker's whole step:
+the last Forecast row, patients forecast per second (best of --repeat runs). Each forecast is the worker's whole step:
 PostgreSQL read, batched inference, Forecast/RiskAssessment store.
 
 Use a dedicated database and Redis database (`make bench-workers`: glucoscope_bench, Redis db 11):
@@ -43,6 +43,8 @@ class Command(BaseCommand):
         parser.add_argument("--chunk", type=int, default=10, help="patients per task (default 10)")
         parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (default 1)")
         parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per run (default 300)")
+        parser.add_argument("--repeat", type=int, default=2,
+                            help="timed runs per worker count, best kept: the 2-core machine is shared (default 2)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if connection.vendor != "postgresql" or not settings.REDIS_URL:
@@ -61,7 +63,8 @@ class Command(BaseCommand):
             self._delete_patients()
         first_workers, first_rate = rows[0][0], rows[0][3]
         self.stdout.write(f"\nForecasting throughput: {options['patients']} patients, tasks of {options['chunk']}, "
-                          f"{options['torch_threads']} torch thread(s) per worker, {os.cpu_count()} CPU cores")
+                          f"{options['torch_threads']} torch thread(s) per worker, {os.cpu_count()} CPU cores, "
+                          f"best of {options['repeat']}, load average {os.getloadavg()[0]:.1f}")
         self.stdout.write(f"{'workers':>7}  {'seconds':>8}  {'patients/s':>10}  {'speed-up':>8}  {'efficiency':>10}")
         for workers, seconds, _, rate in rows:
             speed_up = rate / first_rate
@@ -147,10 +150,13 @@ class Command(BaseCommand):
             # Warm-up: single-patient tasks, twice as many as workers, so each worker loads the model.
             self._enqueue(warm[: workers * 2], 1)
             self._wait(warm[: workers * 2], "the warm-up tasks")
-            started = time.perf_counter()
-            self._enqueue(ids, self.options["chunk"])
-            self._wait(ids, f"{len(ids)} forecasts with {workers} worker(s)")
-            seconds = time.perf_counter() - started
+            seconds = float("inf")
+            for _ in range(max(1, self.options["repeat"])):
+                Forecast.objects.filter(patient_id__in=ids).delete()
+                started = time.perf_counter()
+                self._enqueue(ids, self.options["chunk"])
+                self._wait(ids, f"{len(ids)} forecasts with {workers} worker(s)")
+                seconds = min(seconds, time.perf_counter() - started)
         finally:
             for proc, _ in procs:
                 proc.terminate()
