@@ -9,6 +9,8 @@ Where the entries come from, so that a new endpoint is audited without anyone re
    `me/...` routes): a signed-in patient gets an entry for themselves.
 3. Views that touch patients the URL does not name (the patient list, ingest batches, the
    Nightscout API, the dashboard, notifications for followers) call `audit_note()`.
+4. Staff opening one object about a patient in the Django admin (the patient, their user, or any
+   row with a `patient` field): its change, delete or history page.
 
 The action is the view's `audit_action` if it sets one (exports), else what the HTTP method
 implies. tests/security/test_audit.py walks the URL configuration and fails for any route that
@@ -26,7 +28,14 @@ from typing import Any
 from django.http import HttpRequest, HttpResponseBase
 
 from glucoscope.audit import context
-from glucoscope.audit.services import action_for_method, actor_for, audit_entries_record, request_info
+from glucoscope.audit.models import AuditAction
+from glucoscope.audit.services import (
+    action_for_method,
+    actor_for,
+    admin_object_patient_id,
+    audit_entries_record,
+    request_info,
+)
 
 PATIENT_URL_KWARG = "patient_id"
 
@@ -63,7 +72,27 @@ def accesses_of(request: HttpRequest, response: HttpResponseBase, state: context
         for patient_id in candidates:
             if patient_id and patient_id not in noted:
                 accesses[(patient_id, default_action)] = None
+    admin = _admin_object_access(request) if response.status_code < 400 else None
+    if admin is not None and admin[0] not in noted:
+        accesses[admin] = None
     return list(accesses)
+
+
+def _admin_object_access(request: HttpRequest) -> tuple[int, str] | None:
+    """Staff opening one object about a patient in the Django admin (change, delete or history page)."""
+    match = getattr(request, "resolver_match", None)
+    if match is None or not match.view_name.startswith("admin:") or "object_id" not in match.kwargs:
+        return None
+    parts = match.view_name.removeprefix("admin:").rsplit("_", 2)
+    if len(parts) != 3:
+        return None
+    app_label, model_name, page = parts
+    patient_id = admin_object_patient_id(app_label=app_label, model_name=model_name, object_id=match.kwargs["object_id"])
+    if patient_id is None:
+        return None
+    posted = request.method == "POST"
+    action = {"change": AuditAction.UPDATE, "delete": AuditAction.DELETE}.get(page, AuditAction.READ) if posted else AuditAction.READ
+    return patient_id, action
 
 
 class AuditMiddleware:

@@ -148,5 +148,28 @@ def audit_record_now(*, request: HttpRequest | None, actor: Actor, patient_id: i
         state.written.add(patient_id)
 
 
+def admin_object_patient_id(*, app_label: str, model_name: str, object_id: str) -> int | None:
+    """The patient an admin object is about: the patient, a patient's user, or a row with a `patient` field."""
+    from django.apps import apps
+
+    from glucoscope.patients.models import Patient, User
+
+    try:
+        model = apps.get_model(app_label, model_name)
+    except LookupError:
+        return None
+    if model is Patient:
+        return int(object_id) if str(object_id).isdigit() else None
+    if model is User:
+        return Patient.objects.filter(user_id=object_id).values_list("pk", flat=True).first() if str(object_id).isdigit() else None
+    if not any(field.name == "patient" for field in model._meta.get_fields()):
+        return None
+    try:
+        value = model._default_manager.filter(pk=object_id).values_list("patient_id", flat=True).first()
+    except (ValueError, TypeError):
+        return None
+    return int(value) if value is not None else None
+
+
 def action_for_method(method: str) -> str | None:
     return METHOD_ACTIONS.get(method.upper())

@@ -243,3 +243,26 @@ def test_a_patient_sees_who_accessed_their_data_newest_first(world: World) -> No
     bad = world.client("patient").get("/api/v1/me/access-log", {"start": "yesterday"})
     assert bad.status_code == 400 and "start" in bad.json()
     assert world.client("clinician").get("/api/v1/me/access-log").status_code == 403
+
+
+@pytest.mark.django_db
+def test_staff_opening_a_patients_records_in_the_admin_is_audited(world: World, settings: Any) -> None:  # type: ignore[no-untyped-def]
+    from notifications.models import Notification
+
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    notification = Notification.objects.create(patient=world.alice, recipient=world.alice.user, kind="low",
+                                               title="Glucose alert", send_after=timezone.now())
+    admin_user = UserFactory(username="auditor", role=Role.STAFF, is_staff=True, is_superuser=True)
+    client = session_client(admin_user)
+    pages = {
+        "admin:patients_patient_change": f"/admin/patients/patient/{world.alice.pk}/change/",
+        "admin:patients_user_change": f"/admin/patients/user/{world.alice.user.pk}/change/",
+        "admin:notifications_notification_change": f"/admin/notifications/notification/{notification.pk}/change/",
+    }
+    for route, url in pages.items():
+        assert client.get(url).status_code == 200, url
+        entry = AuditEntry.objects.get(route=route)
+        assert (entry.patient_id, entry.action, entry.actor_user_id) == (world.alice.pk, "read", admin_user.pk)
+    # A clinician's user page is about nobody's health data.
+    assert client.get(f"/admin/patients/user/{world.clinician.pk}/change/").status_code == 200
+    assert AuditEntry.objects.count() == len(pages)
