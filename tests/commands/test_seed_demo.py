@@ -8,9 +8,12 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
+from glucoscope.patients.models import User
 from glucoscope.readings.models import GlucoseReading
+from tests.conftest import totp_code
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +33,10 @@ def test_seed_demo_prints_working_logins_and_is_rerunnable() -> None:
     assert counts[0] > 1500 and counts[1] > 1500 and counts[2] == 0  # a week of 5-min readings, then a clean start
 
     client = APIClient()
-    token = client.post("/api/v1/auth/token", data["clinician"], format="json").json()["access"]
+    # Clinicians sign in with a second factor (docs/security.md): enrol one as an operator would.
+    clinician = User.objects.get(username=data["clinician"]["username"])
+    device = TOTPDevice.objects.create(user=clinician, name="phone", confirmed=True)
+    token = client.post("/api/v1/auth/token", {**data["clinician"], "otp": totp_code(device)}, format="json").json()["access"]
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     assert {p["id"] for p in client.get("/api/v1/patients").json()["results"]} == {p["id"] for p in data["patients"]}
 
