@@ -65,10 +65,10 @@ class Workers:
         self.count = 0
         self.current: CeleryWorker | None = None
 
-    def start(self) -> CeleryWorker:
+    def start(self, *, wait: bool = True) -> CeleryWorker:
         self.count += 1
         self.current = CeleryWorker(env=self.env, log_path=self.directory / f"worker-{self.count}.log",
-                                    name=f"fault-{self.count}")
+                                    name=f"fault-{self.count}", wait=wait)
         return self.current
 
     def running(self) -> CeleryWorker:

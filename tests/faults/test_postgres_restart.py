@@ -61,15 +61,17 @@ def cluster(fault_postgres: PrivatePostgres, fault_redis: PrivateRedis,
     database_url = fault_postgres.url("glucoscope")
     # Persistent connections (60 s) as in production: they must survive the restart by health checks.
     env = service_env(database_url=database_url, redis_url=fault_redis.url())
-    setup = subprocess.run(
-        [sys.executable, "-c", SETUP_SCRIPT], cwd=REPO_ROOT, capture_output=True, check=False, timeout=180,
+    # The patients are created by a child process on the private database while gunicorn starts.
+    setup = subprocess.Popen(
+        [sys.executable, "-c", SETUP_SCRIPT], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**env, "DJANGO_SETTINGS_MODULE": "glucoscope.settings", "PYTHONPATH": str(REPO_ROOT),
              "LOG_LEVEL": "WARNING"},
     )
-    assert setup.returncode == 0, setup.stderr.decode()[-3000:]
-    phones = [tuple(item) for item in json.loads(setup.stdout.decode().strip().splitlines()[-1])]
     web = WebServer(env=env, log_path=Path(tmp_path_factory.mktemp("web-pg")) / "gunicorn.log")
     try:
+        out, err = setup.communicate(timeout=180)
+        assert setup.returncode == 0, err.decode()[-3000:]
+        phones = [tuple(item) for item in json.loads(out.decode().strip().splitlines()[-1])]
         yield Cluster(fault_postgres, web, phones)  # type: ignore[arg-type]
     finally:
         web.stop()

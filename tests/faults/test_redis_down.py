@@ -32,10 +32,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="module")
-def web(fault_redis: PrivateRedis, django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+def web(fault_redis: PrivateRedis, fault_workers: Workers, django_db_setup: None,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     env = service_env(database_url=django_test_db_url(), redis_url=fault_redis.url(), DATABASE_CONN_MAX_AGE="0")
+    # The worker and gunicorn start side by side (each spends its start-up importing Django and numpy).
+    worker = fault_workers.start(wait=False)
     server = WebServer(env=env, log_path=Path(tmp_path_factory.mktemp("web")) / "gunicorn.log")
     try:
+        worker.wait_ready()
         yield server
     finally:
         server.stop()
@@ -73,7 +77,6 @@ def test_readings_acknowledged_while_redis_is_down_are_stored_and_the_sweeper_pr
 ) -> None:
     # The sweeper re-sends rows whose task Redis lost after this long (120 s in production).
     settings.OUTBOX_STALE_AFTER = timedelta(seconds=2)
-    fault_workers.running()
     start = (timezone.now() - timedelta(hours=1)).replace(second=0, microsecond=0)
     phones = [
         Phone(patient.pk, str(RefreshToken.for_user(patient.user).access_token), start)

@@ -157,8 +157,9 @@ class CeleryWorker:
     """One `celery worker` process (solo pool: the task runs in the process we kill)."""
 
     def __init__(self, *, env: dict[str, str], log_path: Path, name: str,
-                 queues: str = "ingest,forecasting,notifications") -> None:
+                 queues: str = "ingest,forecasting,notifications", wait: bool = True) -> None:
         self.log_path = log_path
+        self.name = name
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "glucoscope", "worker", "-Q", queues, "--pool=solo",
@@ -166,14 +167,19 @@ class CeleryWorker:
              "-n", f"{name}@%h", "--loglevel=INFO"],
             cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until the worker consumes (start it with wait=False to start other processes meanwhile)."""
         try:
-            wait_until(lambda: b" ready." in log_path.read_bytes() or self.process.poll() is not None,
-                       timeout=120, what=f"worker {name} to start", interval=0.1)
+            wait_until(lambda: b" ready." in self.log_path.read_bytes() or self.process.poll() is not None,
+                       timeout=120, what=f"worker {self.name} to start", interval=0.1)
         except AssertionError:
             self.stop()
             raise
         if self.process.poll() is not None:
-            raise RuntimeError(f"Celery worker {name} exited at start:\n{self.log()[-3000:]}")
+            raise RuntimeError(f"Celery worker {self.name} exited at start:\n{self.log()[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -198,7 +204,8 @@ class CeleryWorker:
 class WebServer:
     """gunicorn serving glucoscope.wsgi, as in production, on a free loopback port."""
 
-    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 1, threads: int = 4) -> None:
+    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 1, threads: int = 4,
+                 wait: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -209,6 +216,10 @@ class WebServer:
             cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         def answers() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited at start:\n{self.log()[-3000:]}")
