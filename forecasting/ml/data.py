@@ -116,11 +116,16 @@ def parse_glucose(values: np.ndarray | list[object]) -> tuple[np.ndarray, np.nda
     Returns:
         (glucose ``[N]`` float64, flags ``[N]`` int8)
     """
-    raw = pd.Series(np.asarray(values, dtype=object))
-    numeric = np.array(pd.to_numeric(raw, errors="coerce"), dtype=np.float64)
+    try:
+        # Fast path (the worker's case: plain numbers): no pandas objects per patient.
+        numeric = np.array(values, dtype=np.float64)
+        raw = None
+    except (TypeError, ValueError):
+        raw = pd.Series(np.asarray(values, dtype=object))
+        numeric = np.array(pd.to_numeric(raw, errors="coerce"), dtype=np.float64)
     flags = np.zeros(numeric.shape[0], dtype=np.int8)
     nan = np.isnan(numeric)
-    if nan.any():
+    if raw is not None and nan.any():
         words = raw[nan].astype(str).str.strip().str.lower()
         low = words.isin(_LOW_WORDS).to_numpy()
         high = words.isin(_HIGH_WORDS).to_numpy()

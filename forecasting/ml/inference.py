@@ -133,6 +133,57 @@ class Forecaster:
                 bank.add(key, grid)
         return bank.finalize(), grids
 
+    def _batch_bank(self, patients: list[SubjectReadings]) -> tuple[SeriesBank, list[int | None]]:
+        """One bank for a batch of patients, and the global slot of each patient's newest reading.
+
+        Why one grid: gridding patients one by one costs about a millisecond of numpy calls each, more
+        than the forward pass. Instead patient i's readings are shifted by a whole number of days (time of
+        day, and so every feature, is unchanged) to start at least a day after patient i-1's last reading,
+        and the batch is gridded once. A day's gap is more than 30 minutes, so each patient starts a new
+        segment anchored at its own first reading, exactly as alone, and it leaves MAX_EMPTY_SLOTS (10 h)
+        of masked slots between patients, more than a context window, so no window sees another patient.
+        Mixed batches (some patients with treatment columns, some without) fall back to one grid each,
+        because ``has_treatments`` is per grid.
+        """
+        present = [p for p in patients if len(p)]
+        kinds = {(p.carbs is None, p.insulin is None) for p in present}
+        if len(present) < 2 or len(kinds) > 1:
+            keys = [f"{i}" for i in range(len(patients))]
+            bank, grids = self.make_bank(dict(zip(keys, patients, strict=True)))
+            return bank, [bank.offsets[k] + grids[k].n_slots - 1 if grids[k].n_slots else None for k in keys]
+        day = 86_400
+        shifted, last_index, cursor, count = [], [], None, 0
+        for p in patients:
+            if not len(p):
+                last_index.append(None)
+                continue
+            first = int(p.times[0])
+            shift = 0 if cursor is None else -(-(cursor + day - first) // day) * day
+            shifted.append(p.times + shift)
+            cursor = int(p.times[-1]) + shift
+            count += len(p)
+            last_index.append(count - 1)
+        no_carbs, no_insulin = next(iter(kinds))
+        combined = SubjectReadings(
+            subject_id="batch",
+            times=np.concatenate(shifted),
+            glucose=np.concatenate([p.glucose for p in present]),
+            flags=np.concatenate([p.flags for p in present]),
+            carbs=None if no_carbs else np.concatenate([p.carbs for p in present]),  # type: ignore[misc]
+            insulin=None if no_insulin else np.concatenate([p.insulin for p in present]),  # type: ignore[misc]
+        )
+        grid = build_grid(combined)
+        bank = SeriesBank(self.config, self.scaler)
+        offset = bank.add("batch", grid)
+        bank.finalize()
+        # The filler between two patients must read like the zero padding before a lone patient's first
+        # reading (its time-of-day features would otherwise be set), so short histories match exactly.
+        ends = [i for i in last_index if i is not None]
+        for prev_last in ends[:-1]:  # reading prev_last + 1 is the next patient's first
+            start, stop = int(grid.reading_slot[prev_last]) + 1, int(grid.reading_slot[prev_last + 1])
+            bank.features[offset + start : offset + stop] = 0.0
+        return bank, [None if idx is None else offset + int(grid.reading_slot[idx]) for idx in last_index]
+
     def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:
         """Forecast from each patient's latest reading, in one batch.
 
@@ -145,41 +196,42 @@ class Forecaster:
         Returns:
             one :class:`PatientForecast` per input, same order.
         """
-        keys = [f"{i}" for i in range(len(patients))]
-        bank, grids = self.make_bank(dict(zip(keys, patients, strict=True)))
+        bank, last_slots = self._batch_bank(patients)
         results: list[PatientForecast] = []
         todo: list[tuple[int, int]] = []
-        for i, (key, p) in enumerate(zip(keys, patients, strict=True)):
-            grid = grids[key]
-            if len(p) == 0 or grid.n_slots == 0:
+        for i, p in enumerate(patients):
+            last_slot = last_slots[i]
+            if len(p) == 0 or last_slot is None:
                 results.append(PatientForecast(p.subject_id, STATUS_INSUFFICIENT, REASON_NO_READINGS))
                 continue
             last_time = int(p.times[-1])
             if now is not None and now - last_time > MAX_STALENESS_MINUTES * 60:
                 results.append(PatientForecast(p.subject_id, STATUS_INSUFFICIENT, REASON_STALE, last_time))
                 continue
-            last_slot = grid.n_slots - 1
-            if not sufficient_history(grid.observed, np.array([last_slot]))[0]:
-                results.append(PatientForecast(p.subject_id, STATUS_INSUFFICIENT, REASON_SPARSE, last_time))
-                continue
             results.append(PatientForecast(p.subject_id, STATUS_OK, origin_time=last_time))
-            todo.append((i, bank.offsets[key] + last_slot))
+            todo.append((i, last_slot))
         if todo:
             origins = np.array([g for _, g in todo], dtype=np.int64)
+            enough = sufficient_history(bank.observed, origins)
+            for (i, _), ok in zip(todo, enough, strict=True):
+                if not ok:
+                    res = results[i]
+                    results[i] = PatientForecast(res.subject_id, STATUS_INSUFFICIENT, REASON_SPARSE, res.origin_time)
+            todo = [t for t, ok in zip(todo, enough, strict=True) if ok]
+            origins = origins[enough]
+        if todo:
             q = self.predict_bank(bank, origins)
-            risk = self.risk(q)
+            risk = {name: values.tolist() for name, values in self.risk(q).items()}
+            # Plain Python floats in one conversion: building 24 points per patient from numpy scalars
+            # was a large share of the batch time.
+            steps = [5 * (k + 1) for k in range(q.shape[1])]
+            quantiles = q.tolist()
             for row, (i, _) in enumerate(todo):
                 res = results[i]
                 t0 = int(res.origin_time or 0)
                 res.points = [
-                    ForecastPoint(
-                        minutes_ahead=5 * (k + 1),
-                        time=t0 + 300 * (k + 1),
-                        p10=float(q[row, k, 0]),
-                        p50=float(q[row, k, 1]),
-                        p90=float(q[row, k, 2]),
-                    )
-                    for k in range(q.shape[1])
+                    ForecastPoint(minutes_ahead=m, time=t0 + 60 * m, p10=a, p50=b, p90=c)
+                    for m, (a, b, c) in zip(steps, quantiles[row], strict=True)
                 ]
                 res.risk = {ev.name: float(risk[ev.name][row]) for ev in RISK_EVENTS}
         return results

@@ -24,6 +24,7 @@ from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
 from forecasting.ml.evaluation import collect_predictions, format_report, summarise
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.mixed_training import MixedFineTuner, MixedTrainingConfig
+from forecasting.ml.networks import PatchGRUForecaster
 from forecasting.ml.risk import LogisticCalibrator, calibration_report, event_outcomes, step_cdf
 from forecasting.ml.simulation import SIM_COHORT, load_sim_cohort, split_sim_subjects
 from forecasting.ml.training import QuantileForecasterTrainer, TrainingConfig, split_subjects
@@ -143,7 +144,7 @@ def train_and_save(
             raise ValueError(f"--warm-start {warm_start} must be a glucose-only (stage 1) model")
         if base.metadata.get("split") != split:
             raise ValueError(f"--warm-start {warm_start} was trained on a different subject split")
-        meta = {k: base.metadata[k] for k in (
+        meta: dict[str, Any] = {k: base.metadata[k] for k in (
             "window_config", "scaler", "training_config", "calibration", "history", "best_epoch", "ridge",
             "training_data", "train_seconds", "device") if k in base.metadata}
         meta["warm_start_sha256"] = base.metadata.get("sha256")
@@ -169,6 +170,8 @@ def train_and_save(
     calibrators = {k: LogisticCalibrator(**v) for k, v in meta.get("calibration", {}).items()}
     final_window = stage1_window
     if sim_part:
+        if not isinstance(network, PatchGRUForecaster):
+            raise ValueError("stage 2 needs a patch_gru stage-1 network")
         tuner = MixedFineTuner(mixed or MixedTrainingConfig(seed=training.seed), device=device, progress=progress)
         tuner.fit(network, stage1_window, scaler, part["train"], part["val"], sim_part["train"], sim_part["val"])
         echo(f"stage 2 fine-tuned in {tuner.train_seconds_ / 60:.1f} min, best epoch {tuner.best_epoch_}")

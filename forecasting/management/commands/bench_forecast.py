@@ -312,10 +312,10 @@ class Command(BaseCommand):
                     response = client.post("/api/v1/readings", content=body)
                     if response.status_code != 200:
                         raise CommandError(f"POST failed: {response.status_code} {response.text[:300]}")
-                    self._wait(lambda moment=moment: Forecast.objects.filter(patient=patient, origin__gte=moment).exists(),
-                               f"the forecast of post {i + 1}")
+                    stored = Forecast.objects.filter(patient=patient, origin__gte=moment)
+                    self._wait(stored.exists, f"the forecast of post {i + 1}")
                     latencies.append(time.perf_counter() - sent)
-                    status = Forecast.objects.filter(patient=patient, origin__gte=moment).values_list("status", flat=True).first()
+                    status = stored.values_list("status", flat=True).first()
                     if status != "ok":
                         raise CommandError(f"post {i + 1}: forecast status {status!r}, expected 'ok'")
         finally:

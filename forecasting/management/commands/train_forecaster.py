@@ -8,19 +8,23 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from forecasting.ml.mixed_training import MixedTrainingConfig
 from forecasting.ml.pipeline import train_and_save
 from forecasting.ml.training import TrainingConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "cgm"
 DEFAULT_OUTPUT = REPO_ROOT / "forecasting" / "artifacts"
+DEFAULT_SIM_DIR = REPO_ROOT / "var" / "simglucose"
 
 
 class Command(BaseCommand):
     help = (
         "Train the glucose forecaster (patch-GRU, p10/p50/p90 every 5 min to 120 min) on the shared type 1 "
         "cohorts AZT1D, Bris-T1D_Open and T1D-UOM with a leave-subjects-out split, evaluate it on the held-out "
-        "subjects next to persistence and AR2, and save forecaster.pt (state_dict) + forecaster.json."
+        "subjects next to persistence and AR2, and save forecaster.pt (state_dict) + forecaster.json. Stage 2, "
+        "when the simglucose cohort is cached (--sim-dir), fine-tunes it with carbohydrate/insulin channels on "
+        "real + simulated windows."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,6 +51,27 @@ class Command(BaseCommand):
             help="stop training after this many minutes and keep the best epoch so far",
         )
         parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+        parser.add_argument(
+            "--sim-dir",
+            type=Path,
+            default=DEFAULT_SIM_DIR,
+            help="cached simulated cohort from `manage.py simulate_cohort` (default var/simglucose); "
+            "when it is absent, stage 2 is skipped and the model is glucose-only",
+        )
+        parser.add_argument("--no-sim", action="store_true", help="skip stage 2 (glucose-only model)")
+        parser.add_argument(
+            "--warm-start",
+            type=Path,
+            default=None,
+            help="a stage-1 (glucose-only) artifact trained on the same split: skip stage 1 and fine-tune it",
+        )
+        parser.add_argument("--mixed-epochs", type=int, default=MixedTrainingConfig.epochs, help="stage-2 epochs")
+        parser.add_argument(
+            "--mixed-samples-per-epoch",
+            type=int,
+            default=MixedTrainingConfig.samples_per_epoch,
+            help="stage-2 windows per epoch (real + simulated)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -66,12 +91,27 @@ class Command(BaseCommand):
             max_minutes=options["max_minutes"],
             num_threads=options["threads"],
         )
-        path = train_and_save(
-            data_dir,
-            options["output"],
-            config,
-            device=options["device"],
-            progress=not options["no_progress"],
-            echo=self.stdout.write,
+        warm_start = options["warm_start"]
+        if warm_start is not None and not warm_start.is_file():
+            raise CommandError(f"--warm-start: no artifact at {warm_start}")
+        mixed = MixedTrainingConfig(
+            epochs=options["mixed_epochs"],
+            samples_per_epoch=options["mixed_samples_per_epoch"],
+            seed=options["seed"],
+            num_threads=options["threads"],
         )
+        try:
+            path = train_and_save(
+                data_dir,
+                options["output"],
+                config,
+                device=options["device"],
+                progress=not options["no_progress"],
+                echo=self.stdout.write,
+                sim_dir=None if options["no_sim"] else options["sim_dir"],
+                mixed=mixed,
+                warm_start=warm_start,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(f"Model saved: {path}"))
