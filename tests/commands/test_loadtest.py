@@ -48,6 +48,7 @@ def test_short_run_stores_every_acknowledged_reading_and_ends_with_the_verdict()
         "LOADTEST_VENDOR_INTERVAL": "4",
         "LOADTEST_THINK_TIME": "1",
         "LOADTEST_DRAIN_SECONDS": "20",
+        "LOADTEST_WEB_WORKERS": "1",  # one Django + torch import fewer to wait for
     }
     run = subprocess.run([sys.executable, "manage.py", "loadtest"], cwd=REPO_ROOT, env=env, capture_output=True,
                          text=True, timeout=180)

@@ -220,6 +220,9 @@ class Command(BaseCommand):
               f"{len(lag.seconds):,} readings, {lag.unforecast} never forecast): p50 {_s(lag.p(50))} s, "
               f"p95 {_s(lag.p(95))} s, p99 {_s(lag.p(99))} s, max {_s(lag.p(100))} s")
         write(f"readings: {results.accepted:,} acknowledged, {'?' if stored is None else f'{stored:,}'} stored in the database")
+        if stored is not None and stored > results.accepted:
+            write(f"  {stored - results.accepted:,} readings were stored whose answer never reached the client "
+                  f"(it gave up waiting); a real uploader would re-send them and the API would count them as duplicates")
 
 
 def _database_url() -> str:
