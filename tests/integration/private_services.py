@@ -258,9 +258,9 @@ def celery_publishing_to(broker_url: str) -> Iterator[None]:
 
     def switch(url: str) -> None:
         app.conf.broker_url = url
-        # The app caches its connection and producer pools; drop them so the next publish connects anew.
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # The app caches its connection and producer pools; drop the references so the next publish looks
+        # up the pools for the new URL. Not closed: kombu keeps one pool per URL for the whole process, and
+        # a closed one would be handed back when the app switches back.
         app._pool = None
         app.amqp._producer_pool = None
 
