@@ -122,7 +122,8 @@ class PatientExportApi(APIView):
             request.accepted_media_type = OrjsonRenderer.media_type
         return super().finalize_response(request, response, *args, **kwargs)
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    # The export is CSV whatever DRF's `?format=` override says; it is not part of this endpoint's contract.
+    @extend_schema(parameters=[OpenApiParameter("format", exclude=True)], responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request: Request, patient_id: int) -> StreamingHttpResponse:
         patient = _patient(request, patient_id)
         response = StreamingHttpResponse(analytics.export_rows(patient=patient), content_type="text/csv; charset=utf-8")

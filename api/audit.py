@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.query import time_range
+from api.query import StrictPageSizeMixin, time_range
 from api.sharing import IsPatient
 from glucoscope.audit.models import ActorKind, AuditEntry
 from glucoscope.audit.selectors import access_log_for_patient
@@ -60,7 +60,7 @@ AccessEntry = inline_serializer("AccessLogEntry", {
 })
 
 
-class AccessLogPagination(CursorPagination):
+class AccessLogPagination(StrictPageSizeMixin, CursorPagination):  # page_size=0/abc/9999: 400 (tests/fuzz)
     ordering = ("-at", "-id")
     page_size = 100
     page_size_query_param = "page_size"

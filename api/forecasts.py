@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.query import glucose_unit, time_range
+from api.query import StrictPageSizeMixin, glucose_unit, page_size_parameter, time_range
 from api.views import START_END
 from forecasting.models import Forecast
 from forecasting.selectors import forecast_latest, forecasts_in_range
@@ -61,13 +61,14 @@ class PatientForecastApi(APIView):
 
 
 class PatientForecastHistoryApi(APIView):
-    class Pagination(CursorPagination):
+    class Pagination(StrictPageSizeMixin, CursorPagination):
         ordering = "-origin"
         page_size = 50
         page_size_query_param = "page_size"
         max_page_size = 500
 
-    @extend_schema(parameters=[*START_END, UNIT_PARAMETER], responses=inline_serializer("ForecastPage", {"results": serializers.ListField()}))
+    @extend_schema(parameters=[*START_END, UNIT_PARAMETER, page_size_parameter(500, 50)],
+                   responses=inline_serializer("ForecastPage", {"results": serializers.ListField()}))
     def get(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
         start, end = time_range(request)

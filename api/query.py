@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 
@@ -13,6 +14,7 @@ from glucoscope.readings.validation import ERR_UNIT, FieldErrors, parse_timestam
 
 ERR_RANGE_ORDER = "end must be after start."
 ERR_RANGE_TOO_LONG = "The range is limited to {days} days per request; page through shorter ranges."
+ERR_PAGE_SIZE = "page_size must be a whole number of at least 1 (at most {maximum} are returned)."
 
 
 def time_range(request: Request, *, default: timedelta = timedelta(hours=24)) -> tuple[datetime, datetime]:
@@ -45,3 +47,27 @@ def glucose_unit(request: Request, *, default: str) -> str:
     if unit is None:
         raise ValidationError({"unit": [ERR_UNIT]})
     return unit
+
+
+class StrictPageSizeMixin:
+    """For CursorPagination: DRF silently ignores a page_size it cannot parse (`abc`, `0`, `-1`, `2.5`), so the
+    client gets the default without knowing why; answer 400 naming the parameter. A size above the maximum is
+    capped, as documented."""
+
+    page_size: int
+    page_size_query_param = "page_size"
+    max_page_size: int
+
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        maximum = self.max_page_size
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            raise ValidationError({"page_size": [ERR_PAGE_SIZE.format(maximum=maximum)]})
+        return min(int(raw), maximum)
+
+
+def page_size_parameter(maximum: int, default: int) -> OpenApiParameter:
+    return OpenApiParameter("page_size", {"type": "integer", "minimum": 1},
+                            description=f"Default {default}; larger values are capped at {maximum}.")

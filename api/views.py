@@ -16,10 +16,10 @@ from rest_framework.views import APIView
 
 from api.authentication import VendorPrincipal
 from api.permissions import CanUploadReadings
-from api.query import glucose_unit, time_range
+from api.query import StrictPageSizeMixin, glucose_unit, page_size_parameter, time_range
 from api.schema import BATCH_OUTCOME_SCHEMA, READING_BATCH, TREATMENT_BATCH, batch_or_validation_error
 from glucoscope.audit.context import audit_note
-from glucoscope.patients.models import Patient, User
+from glucoscope.patients.models import DiabetesType, Patient, Role, User
 from glucoscope.patients.selectors import patient_get_for_user, patients_visible_to
 from glucoscope.readings import selectors
 from glucoscope.readings.batches import BatchOutcome, Uploader, reading_batch_ingest
@@ -33,6 +33,70 @@ START_END = [
     OpenApiParameter("start", str, description="ISO 8601 with offset, or epoch ms. Default: end − 24 h."),
     OpenApiParameter("end", str, description="ISO 8601 with offset, or epoch ms. Default: now."),
 ]
+
+
+# Response shapes for the schema only (responses are built by hand below; tests/fuzz checks they match).
+class PatientOut(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    name = serializers.CharField(allow_blank=True)
+    time_zone = serializers.CharField()
+    diabetes_type = serializers.ChoiceField([c.value for c in DiabetesType])
+    birth_year = serializers.IntegerField(allow_null=True, min_value=1900, max_value=2100)
+    preferred_unit = serializers.ChoiceField(["mg/dL", "mmol/L"])
+    target_low_mgdl = serializers.IntegerField()
+    target_high_mgdl = serializers.IntegerField()
+
+
+class MeOut(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    name = serializers.CharField(allow_blank=True)
+    email = serializers.CharField(allow_blank=True)
+    role = serializers.ChoiceField([c.value for c in Role])
+    patient = PatientOut(allow_null=True, help_text="Present for patient accounts.")
+
+
+class PatientPageOut(serializers.Serializer):  # type: ignore[type-arg]
+    count = serializers.IntegerField(min_value=0)
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = PatientOut(many=True)
+
+
+class ReadingOut(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.IntegerField()
+    timestamp = serializers.CharField()
+    value = serializers.FloatField(allow_null=True, help_text="Null when the sensor said Low or High (`sensor_flag`).")
+    unit = serializers.ChoiceField(["mg/dL", "mmol/L"])
+    sensor_flag = serializers.ChoiceField(["low", "high"], allow_null=True)
+    trend = serializers.CharField(allow_null=True)
+    trend_rate = serializers.FloatField(allow_null=True)
+    is_calibration = serializers.BooleanField()
+    device_id = serializers.IntegerField(allow_null=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:  # type: ignore[type-arg]
+        # `source` is a Field attribute, so the `source` key cannot be declared as a class attribute.
+        return {**super().get_fields(), "source": serializers.ChoiceField([c.value for c in ReadingSource])}
+
+
+class ReadingPageOut(serializers.Serializer):  # type: ignore[type-arg]
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = ReadingOut(many=True)
+    start = serializers.CharField()
+    end = serializers.CharField()
+    unit = serializers.ChoiceField(["mg/dL", "mmol/L"])
+
+
+class SummaryOut(serializers.Serializer):  # type: ignore[type-arg]
+    patient = serializers.IntegerField()
+    unit = serializers.ChoiceField(["mg/dL", "mmol/L"])
+    latest = ReadingOut(allow_null=True)
+    latest_age_seconds = serializers.IntegerField(allow_null=True)
+    trend = serializers.CharField(allow_null=True)
+    readings_last_24h = serializers.IntegerField(min_value=0)
+    computed_at = serializers.CharField(allow_null=True)
 
 
 def batch_items(data: Any) -> list[Any]:
@@ -104,7 +168,7 @@ def treatment_json(treatment: Treatment) -> dict[str, Any]:
 class MeApi(APIView):
     audit_self = True  # the profile is the patient's record (audit log: glucoscope/audit/middleware.py)
 
-    @extend_schema(responses=inline_serializer("Me", {"id": serializers.IntegerField()}))
+    @extend_schema(responses=MeOut)
     def get(self, request: Request) -> Response:
         user: User = request.user  # type: ignore[assignment]
         patient = getattr(user, "patient", None)
@@ -125,7 +189,7 @@ class PatientListApi(APIView):
         default_limit = 100
         max_limit = 1000
 
-    @extend_schema(responses=inline_serializer("PatientList", {"results": serializers.ListField()}))
+    @extend_schema(responses=PatientPageOut)
     def get(self, request: Request) -> Response:
         patients = patients_visible_to(user=request.user).select_related("user").order_by("pk")  # type: ignore[arg-type]
         paginator = self.Pagination()
@@ -163,7 +227,7 @@ class TreatmentIngestApi(APIView):
         return batch_response(outcome, item_count=len(items))
 
 
-class ReadingCursorPagination(CursorPagination):
+class ReadingCursorPagination(StrictPageSizeMixin, CursorPagination):
     ordering = "measured_at"
     page_size = 288  # one day of 5-minute readings
     page_size_query_param = "page_size"
@@ -175,8 +239,8 @@ class ReadingCursorPagination(CursorPagination):
 
 class PatientReadingsApi(APIView):
     @extend_schema(
-        parameters=[*START_END, OpenApiParameter("unit", str, enum=["mg/dL", "mmol/L"]), OpenApiParameter("page_size", int)],
-        responses=inline_serializer("ReadingPage", {"results": serializers.ListField()}),
+        parameters=[*START_END, OpenApiParameter("unit", str, enum=["mg/dL", "mmol/L"]), page_size_parameter(settings.READINGS_MAX_PAGE_SIZE, ReadingCursorPagination.page_size)],
+        responses=ReadingPageOut,
     )
     def get(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
@@ -190,13 +254,14 @@ class PatientReadingsApi(APIView):
 
 
 class PatientTreatmentsApi(APIView):
-    class Pagination(CursorPagination):
+    class Pagination(StrictPageSizeMixin, CursorPagination):
         ordering = "occurred_at"
         page_size = 200
         page_size_query_param = "page_size"
         max_page_size = 1000
 
-    @extend_schema(parameters=START_END, responses=inline_serializer("TreatmentPage", {"results": serializers.ListField()}))
+    @extend_schema(parameters=[*START_END, page_size_parameter(1000, 200)],
+                   responses=inline_serializer("TreatmentPage", {"results": serializers.ListField()}))
     def get(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
         start, end = time_range(request)
@@ -209,7 +274,7 @@ class PatientSummaryApi(APIView):
     """Latest reading, its age, trend, and the count of readings in the 24 h before `computed_at`."""
 
     @extend_schema(parameters=[OpenApiParameter("unit", str, enum=["mg/dL", "mmol/L"])],
-                   responses=inline_serializer("Summary", {"latest": serializers.DictField(allow_null=True)}))
+                   responses=SummaryOut)
     def get(self, request: Request, patient_id: int) -> Response:
         patient = patient_get_for_user(user=request.user, patient_id=patient_id)  # type: ignore[arg-type]
         unit = glucose_unit(request, default=patient.preferred_unit)

@@ -212,6 +212,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Keep the enum hook (the default) and restore `$` in FHIR operation paths (api/schema.py).
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.postprocess_literal_dollar_paths"],
+    "ENUM_NAME_OVERRIDES": {"GlucoseUnitEnum": ["mg/dL", "mmol/L"]},
 }
 
 # Resource limits (GUIDE.md §11). Bodies are measured after gzip decoding as well.

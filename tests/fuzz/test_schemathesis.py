@@ -2,11 +2,18 @@
 
 Each operation × role is one test, run in-process against the WSGI app inside the test transaction, so the
 `world` fixture's patients, care teams, notifications and reminders exist: path ids are drawn both at random
-and from the real ones. Every response must pass schemathesis' checks: no 5xx, a documented status code and
-content type, a body and headers matching the schema, invalid input rejected with a 4xx.
+and from the real ones. Every operation in the schema is covered automatically, new endpoints included. Every
+response must pass schemathesis' checks: no 5xx, a documented status code and content type, a body and headers
+matching the schema, schema-violating input rejected with a 4xx, undocumented methods answered 405, a request
+without the credential refused.
 
-Bounded for CI and reproducible (derandomized, no example database). For a longer run:
-    FUZZ_MAX_EXAMPLES=200 make fuzz
+Roles: the patient (alice), her caregiver, a clinician of a care team she consented to, staff, a vendor API key
+(`Authorization: Api-Key`), alice's Nightscout `api-secret`, and anonymous. The native API and the Nightscout API
+are one schema (/api/schema/, Nightscout operations tagged `nightscout`).
+
+Bounded for CI and reproducible (derandomized, no example database): FUZZ_MAX_EXAMPLES (10) per operation × role,
+FUZZ_FOREIGN_EXAMPLES (3) for a credential the operation does not take, FUZZ_DEADLINE_MS (10 s) per request.
+For a longer run: `make fuzz` (200 examples) or FUZZ_MAX_EXAMPLES=1000 make fuzz.
 """
 
 from __future__ import annotations
@@ -132,3 +139,13 @@ def test_served_schema_is_the_fuzzed_one(client: Any) -> None:
     served = client.get("/api/schema/?format=json").json()
     assert sorted(served["paths"]) == sorted(SCHEMA.raw_schema["paths"])
     assert {path for path in served["paths"] if path.startswith("/nightscout/")}, "the Nightscout API is in the schema"
+
+
+@pytest.mark.parametrize("page_size", ["0", "abc", "-1", "2.5", "²", "false"])
+def test_unusable_page_size_is_a_400_naming_it(world: Any, page_size: str) -> None:
+    """Found by the fuzzer: DRF silently ignored an unusable page_size and served the default page."""
+    response = world.client("patient").get(f"/api/v1/patients/{world.alice.pk}/readings", {"page_size": page_size})
+    assert response.status_code == 400, response.content
+    assert "page_size" in response.json()
+    # Above the maximum is still capped (tests/api/test_reading_back.py::test_page_size_is_capped).
+    assert world.client("patient").get(f"/api/v1/patients/{world.alice.pk}/readings", {"page_size": "5000"}).status_code == 200
