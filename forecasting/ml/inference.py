@@ -152,7 +152,10 @@ class Forecaster:
             bank, grids = self.make_bank(dict(zip(keys, patients, strict=True)))
             return bank, [bank.offsets[k] + grids[k].n_slots - 1 if grids[k].n_slots else None for k in keys]
         day = 86_400
-        shifted, last_index, cursor, count = [], [], None, 0
+        shifted: list[np.ndarray] = []
+        last_index: list[int | None] = []
+        cursor: int | None = None
+        count = 0
         for p in patients:
             if not len(p):
                 last_index.append(None)

@@ -55,6 +55,10 @@ class MixedTrainingConfig:
     seed: int = 0
     num_threads: int = 2
     max_minutes: float = 20.0
+    #: Train only the embedding weights of the treatment channels. The stage-1 weights stay bit for bit,
+    #: so on data without treatments (the flag is 0, the channels are 0) the model *is* the stage-1 model,
+    #: and only data with carbohydrate/insulin columns is forecast differently.
+    treatment_inputs_only: bool = False
 
 
 def widen_for_treatments(base: PatchGRUForecaster) -> PatchGRUForecaster:
@@ -133,7 +137,12 @@ class MixedFineTuner:
             windows[name] = TrainingWindows(bank, origins)
         logger.info("stage 2 windows: %s", {k: len(v) for k, v in windows.items()})
         network = widen_for_treatments(base).to(self.device)
-        opt = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if cfg.treatment_inputs_only:
+            trainable = self._freeze_all_but_treatment_inputs(network)
+            # No weight decay: AdamW would otherwise shrink the frozen columns of the same tensor.
+            opt = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
+        else:
+            opt = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         n_sim = round(cfg.batch_size * cfg.sim_fraction)
         n_real = cfg.batch_size - n_sim
         steps_per_epoch = max(1, cfg.samples_per_epoch // cfg.batch_size)
@@ -174,16 +183,38 @@ class MixedFineTuner:
                 break
         network.load_state_dict(best[2])
         network.eval()
+        for param in network.parameters():
+            param.requires_grad_(True)
         self.network_ = network
         self.window_ = window
         self.scaler_ = scaler
         self.history_ = history
         self.best_epoch_ = best[1]
         # Risk calibration on the real validation subjects: live patients have no treatment data today.
-        self.calibrators_ = self._calibrate(banks["real_val"], windows["real_val"].origins)
+        # With treatment_inputs_only the real forecasts are stage 1's, so its calibration (fitted on more
+        # validation windows) stays: None tells the caller to keep it.
+        self.calibrators_ = (
+            None if cfg.treatment_inputs_only else self._calibrate(banks["real_val"], windows["real_val"].origins)
+        )
         self.train_seconds_ = time.monotonic() - started
         self.data_summary_ = {"sim_train": summarise_data(sim_train), "sim_val": summarise_data(sim_val)}
         return self
+
+    @staticmethod
+    def _freeze_all_but_treatment_inputs(network: PatchGRUForecaster) -> list[torch.Tensor]:
+        """Leave only the treatment columns of the patch embedding trainable (gradient masked)."""
+        for param in network.parameters():
+            param.requires_grad_(False)
+        layer = network.embed[0]
+        assert isinstance(layer, torch.nn.Linear)
+        weight = layer.weight
+        weight.requires_grad_(True)
+        f1 = network.n_features
+        mask = torch.zeros_like(weight)
+        for s in range(network.patch):
+            mask[:, s * (f1 + 1) + TREATMENT_START : s * (f1 + 1) + TREATMENT_START + len(TREATMENT_CHANNELS)] = 1.0
+        weight.register_hook(lambda grad: grad * mask)
+        return [weight]
 
     def _mixed_batch(
         self, real: TrainingWindows, sim: TrainingWindows, n_real: int, n_sim: int, rng: np.random.Generator
@@ -224,7 +255,7 @@ class MixedFineTuner:
             "mixed_training_config": asdict(self.config),
             "mixed_history": [asdict(h) for h in self.history_],
             "mixed_best_epoch": self.best_epoch_,
-            "calibration": {k: v.to_dict() for k, v in self.calibrators_.items()},
+            **({"calibration": {k: v.to_dict() for k, v in self.calibrators_.items()}} if self.calibrators_ else {}),
             "mixed_train_seconds": round(self.train_seconds_, 1),
             "mixed_training_data": self.data_summary_,
         }

@@ -176,7 +176,8 @@ def train_and_save(
         tuner.fit(network, stage1_window, scaler, part["train"], part["val"], sim_part["train"], sim_part["val"])
         echo(f"stage 2 fine-tuned in {tuner.train_seconds_ / 60:.1f} min, best epoch {tuner.best_epoch_}")
         meta.update(tuner.metadata())
-        network, final_window, calibrators = tuner.network_, tuner.window_, tuner.calibrators_
+        network, final_window = tuner.network_, tuner.window_
+        calibrators = tuner.calibrators_ if tuner.calibrators_ is not None else calibrators
     network.to("cpu")
     forecaster = Forecaster(network, final_window, scaler, calibrators, metadata=meta, device="cpu")
     rows, calibration = evaluate_subjects(part["test"], forecaster)

@@ -120,3 +120,20 @@ def test_stage_two_fine_tunes_on_real_and_simulated_windows() -> None:
     forecaster = Forecaster(tuner.network_, tuner.window_, tuner.scaler_, tuner.calibrators_)
     out = forecaster.forecast_patients([real["r0"], sim["s0"]])
     assert [o.status for o in out] == ["ok", "ok"]
+
+
+def test_training_only_the_treatment_inputs_leaves_glucose_only_forecasts_unchanged() -> None:
+    torch.manual_seed(0)
+    window = WindowConfig(context_steps=24, horizon_steps=24)
+    base = PatchGRUForecaster(n_features=5, context_steps=24, horizon_steps=24, hidden=8, head_hidden=16, patch=6, recent_steps=6)
+    real = {f"r{i}": synthetic_subject(f"r{i}", days=1.5, seed=i, cohort="real") for i in range(2)}
+    sim = {f"s{i}": with_treatments(f"s{i}", seed=10 + i) for i in range(2)}
+    cfg = MixedTrainingConfig(epochs=2, samples_per_epoch=512, batch_size=128, val_samples=200, num_threads=1,
+                              treatment_inputs_only=True, learning_rate=1e-2, sim_fraction=0.5)
+    tuner = MixedFineTuner(cfg, progress=False).fit(base, window, Scaler(), real, {"rv": real["r1"]}, sim, {"sv": sim["s1"]})
+    assert {h.val_loss_real for h in tuner.history_} == {tuner.history_[0].val_loss_real}
+    x = torch.randn(3, 24, 5)
+    with torch.no_grad():
+        assert torch.equal(base(x), tuner.network_(torch.cat([x, torch.zeros(3, 24, 3)], dim=-1)))
+        if tuner.best_epoch_:  # the treatment weights did move
+            assert not torch.equal(base(x), tuner.network_(torch.cat([x, torch.ones(3, 24, 3)], dim=-1)))

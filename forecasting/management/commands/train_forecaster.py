@@ -54,11 +54,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--sim-dir",
             type=Path,
-            default=DEFAULT_SIM_DIR,
-            help="cached simulated cohort from `manage.py simulate_cohort` (default var/simglucose); "
-            "when it is absent, stage 2 is skipped and the model is glucose-only",
+            default=None,
+            help=f"run stage 2 on the simulated cohort cached here by `manage.py simulate_cohort` (e.g. "
+            f"{DEFAULT_SIM_DIR.relative_to(REPO_ROOT)}); off by default, because the shipped model is the "
+            "glucose-only stage 1. A folder without the cohort skips stage 2 with a message",
         )
-        parser.add_argument("--no-sim", action="store_true", help="skip stage 2 (glucose-only model)")
         parser.add_argument(
             "--warm-start",
             type=Path,
@@ -108,7 +108,7 @@ class Command(BaseCommand):
                 device=options["device"],
                 progress=not options["no_progress"],
                 echo=self.stdout.write,
-                sim_dir=None if options["no_sim"] else options["sim_dir"],
+                sim_dir=options["sim_dir"],
                 mixed=mixed,
                 warm_start=warm_start,
             )
