@@ -146,13 +146,16 @@ class PatientOutbox(models.Model):
     Every ingest bumps `version`; `enqueued_at` is set when a task is sent, which is the
     debounce (one task in flight per patient). A task deletes the row only if the version
     is unchanged since it started, so no ingest is missed, and the sweeper re-sends rows
-    whose task never ran (broker down, worker lost).
+    whose task never ran (broker down, worker lost). `taken_at` is set when a task starts on
+    the row: a task also takes rows whose own tasks are still queued, so a stream of one-reading
+    posts is processed in batches, and the queued tasks then find nothing left to do.
     """
 
     patient = models.OneToOneField(Patient, on_delete=models.CASCADE, primary_key=True, related_name="outbox")
     dirty_at = models.DateTimeField()
     version = models.BigIntegerField(default=1)
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    taken_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Case, Q, When
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -253,8 +254,9 @@ def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | N
     condition = "enqueued_at IS NULL" if stale_before is None else "(enqueued_at IS NULL OR enqueued_at < %s)"
     params: list[Any] = [now, *patient_ids] + ([stale_before] if stale_before else [])
     with connection.cursor() as cursor:
+        # A re-sent row is free to be taken again: the task that took it is presumed lost.
         cursor.execute(
-            f"UPDATE {_OUTBOX_TABLE} SET enqueued_at = %s, attempts = attempts + 1"
+            f"UPDATE {_OUTBOX_TABLE} SET enqueued_at = %s, taken_at = NULL, attempts = attempts + 1"
             f" WHERE patient_id IN ({placeholders}) AND {condition} RETURNING patient_id",
             params,
         )
@@ -311,6 +313,32 @@ def outbox_sweep() -> int:
     return sent
 
 
+def outbox_take(*, patient_ids: Sequence[int]) -> list[int]:
+    """Take the outbox rows a starting task will process, and return their patient ids.
+
+    The task's own patients are taken unless another live task already holds them (a duplicate
+    delivery, or a patient taken early as below). It also takes patients whose tasks are still
+    waiting in the queue, up to PATIENTS_PER_TASK in all: under a stream of one-reading posts
+    this turns a hundred one-patient runs into one batched run, and the queued tasks then find
+    their rows gone or taken and return at once. A patient with no row has nothing to process.
+    """
+    now = timezone.now()
+    abandoned_before = now - settings.OUTBOX_STALE_AFTER
+    own = Q(patient_id__in=list(patient_ids)) & (Q(taken_at__isnull=True) | Q(taken_at__lt=abandoned_before))
+    queued_elsewhere = Q(enqueued_at__isnull=False, taken_at__isnull=True)
+    limit = max(PATIENTS_PER_TASK, len(patient_ids))
+    with transaction.atomic():
+        rows = PatientOutbox.objects.filter(own | queued_elsewhere).order_by(
+            Case(When(patient_id__in=list(patient_ids), then=0), default=1), "enqueued_at"
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            # Two tasks starting together take disjoint rows instead of waiting on each other.
+            rows = rows.select_for_update(skip_locked=True)
+        taken = list(rows.values_list("patient_id", flat=True)[:limit])
+        PatientOutbox.objects.filter(patient_id__in=taken).update(taken_at=now)
+    return taken
+
+
 def outbox_versions(*, patient_ids: Sequence[int]) -> dict[int, int]:
     return dict(PatientOutbox.objects.filter(patient_id__in=patient_ids).values_list("patient_id", "version"))
 
@@ -323,7 +351,7 @@ def outbox_complete(*, versions: dict[int, int]) -> None:
         if not deleted:
             rerun.append(patient_id)
     if rerun:
-        PatientOutbox.objects.filter(patient_id__in=rerun).update(enqueued_at=None)
+        PatientOutbox.objects.filter(patient_id__in=rerun).update(enqueued_at=None, taken_at=None)
         outbox_enqueue(patient_ids=rerun)
 
 
@@ -363,8 +391,12 @@ def patients_process(*, patient_ids: Sequence[int]) -> None:
     The outbox versions are read before any data, so readings committed while the pipeline
     runs leave their rows in place and cause another run. The next stage (AFTER_INGEST_TASK,
     the forecaster, on its own queue) releases the rows when it is done, so a patient has at
-    most one pipeline run in flight.
+    most one pipeline run in flight. The group actually processed is what `outbox_take` hands
+    this run: possibly fewer patients (already done, or held by a live run) or more (coalesced).
     """
+    patient_ids = outbox_take(patient_ids=patient_ids)
+    if not patient_ids:
+        return
     versions = outbox_versions(patient_ids=patient_ids)
     patient_summaries_refresh(patient_ids=patient_ids)
     if not settings.AFTER_INGEST_TASK:

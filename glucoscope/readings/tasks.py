@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from glucoscope.patients.models import Patient
 from glucoscope.readings import services
-
-logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
@@ -25,11 +20,8 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     time_limit=60,
 )
 def process_patients(patient_ids: list[int]) -> None:
-    existing = list(Patient.objects.filter(pk__in=patient_ids).values_list("pk", flat=True))
-    if len(existing) < len(patient_ids):
-        logger.info("process_patients: %d of the patients no longer exist; skipping them", len(patient_ids) - len(existing))
-    if existing:
-        services.patients_process(patient_ids=existing)
+    # Deleted patients have no outbox row any more, so the service skips them.
+    services.patients_process(patient_ids=patient_ids)
 
 
 @shared_task(
