@@ -212,7 +212,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Keep the enum hook (the default) and restore `$` in FHIR operation paths (api/schema.py).
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.postprocess_literal_dollar_paths"],
-    "ENUM_NAME_OVERRIDES": {"GlucoseUnitEnum": ["mg/dL", "mmol/L"]},
+    "ENUM_NAME_OVERRIDES": {
+        "GlucoseUnitEnum": ["mg/dL", "mmol/L"],
+        # /readyz: database, redis and model checks share one set of states.
+        "ReadinessCheckStateEnum": "api.health.CHECK_STATES",
+    },
 }
 
 # Resource limits (GUIDE.md §11). Bodies are measured after gzip decoding as well.
