@@ -168,6 +168,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 # The stage that follows the summary refresh after every ingest; it releases the outbox rows.
 AFTER_INGEST_TASK = env_str("AFTER_INGEST_TASK", "forecasting.tasks.forecast_patients")
+# Patients per processing task: a vendor batch for 100 patients is one publish, a task also takes
+# up to this many patients whose tasks are still queued, and the forecaster runs batched across them.
+OUTBOX_PATIENTS_PER_TASK = env_int("OUTBOX_PATIENTS_PER_TASK", 100)
 # How long an enqueued outbox row may stay unprocessed before the sweeper enqueues it again.
 OUTBOX_STALE_AFTER = timedelta(seconds=env_int("OUTBOX_STALE_AFTER_SECONDS", 120))
 

@@ -263,10 +263,6 @@ def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | N
         return [row[0] for row in cursor.fetchall()]
 
 
-# One task carries up to this many patients: a vendor batch for 100 patients is one
-# publish, and the worker can run the forecasting model batched across them.
-PATIENTS_PER_TASK = 100
-
 
 def _publish(patient_ids: Sequence[int]) -> None:
     """Send processing tasks for claimed patients; on a broker error, release the claims for the sweeper."""
@@ -276,8 +272,9 @@ def _publish(patient_ids: Sequence[int]) -> None:
     if time.monotonic() < _broker_unavailable_until:
         PatientOutbox.objects.filter(patient_id__in=list(patient_ids)).update(enqueued_at=None)
         return
-    for start in range(0, len(patient_ids), PATIENTS_PER_TASK):
-        chunk = list(patient_ids[start : start + PATIENTS_PER_TASK])
+    per_task = settings.OUTBOX_PATIENTS_PER_TASK
+    for start in range(0, len(patient_ids), per_task):
+        chunk = list(patient_ids[start : start + per_task])
         try:
             process_patients.apply_async(args=[chunk], retry=False)
         except Exception as exc:  # kombu/redis raise many connection error types
@@ -318,7 +315,7 @@ def outbox_take(*, patient_ids: Sequence[int]) -> list[int]:
 
     The task's own patients are taken unless another live task already holds them (a duplicate
     delivery, or a patient taken early as below). It also takes patients whose tasks are still
-    waiting in the queue, up to PATIENTS_PER_TASK in all: under a stream of one-reading posts
+    waiting in the queue, up to OUTBOX_PATIENTS_PER_TASK in all: under a stream of one-reading posts
     this turns a hundred one-patient runs into one batched run, and the queued tasks then find
     their rows gone or taken and return at once. A patient with no row has nothing to process.
     """
@@ -326,7 +323,7 @@ def outbox_take(*, patient_ids: Sequence[int]) -> list[int]:
     abandoned_before = now - settings.OUTBOX_STALE_AFTER
     own = Q(patient_id__in=list(patient_ids)) & (Q(taken_at__isnull=True) | Q(taken_at__lt=abandoned_before))
     queued_elsewhere = Q(enqueued_at__isnull=False, taken_at__isnull=True)
-    limit = max(PATIENTS_PER_TASK, len(patient_ids))
+    limit = max(settings.OUTBOX_PATIENTS_PER_TASK, len(patient_ids))
     with transaction.atomic():
         rows = PatientOutbox.objects.filter(own | queued_elsewhere).order_by(
             Case(When(patient_id__in=list(patient_ids), then=0), default=1), "enqueued_at"

@@ -70,13 +70,9 @@ def test_a_starting_task_takes_its_own_patient_first_and_coalesces_the_queued_on
 
 def test_a_task_takes_at_most_one_batch(settings) -> None:  # type: ignore[no-untyped-def]
     ids = queued_rows(5)
-    original = services.PATIENTS_PER_TASK
-    services.PATIENTS_PER_TASK = 2
-    try:
-        assert len(services.outbox_take(patient_ids=[ids[0]])) == 2
-        assert len(services.outbox_take(patient_ids=[ids[4]])) == 2
-    finally:
-        services.PATIENTS_PER_TASK = original
+    settings.OUTBOX_PATIENTS_PER_TASK = 2
+    assert len(services.outbox_take(patient_ids=[ids[0]])) == 2
+    assert len(services.outbox_take(patient_ids=[ids[4]])) == 2
 
 
 def test_a_row_held_by_a_lost_task_is_taken_again(settings) -> None:  # type: ignore[no-untyped-def]
