@@ -29,11 +29,27 @@ import torch
 from tqdm import tqdm
 
 from forecasting.ml.data import SubjectReadings
-from forecasting.ml.datasets import TREATMENT_CHANNELS, TREATMENT_START, Batch, Scaler, TrainingWindows, WindowConfig
+from forecasting.ml.datasets import (
+    TREATMENT_CHANNELS,
+    TREATMENT_START,
+    Batch,
+    Scaler,
+    SeriesBank,
+    TrainingWindows,
+    WindowConfig,
+)
 from forecasting.ml.inference import Forecaster
-from forecasting.ml.networks import PatchGRUForecaster, pinball_loss
-from forecasting.ml.risk import LogisticCalibrator, event_outcomes, raw_event_probabilities
-from forecasting.ml.training import build_bank, seed_everything, summarise_data
+from forecasting.ml.networks import PatchGRUForecaster
+from forecasting.ml.risk import LogisticCalibrator
+from forecasting.ml.training import (
+    build_bank,
+    cosine_learning_rate,
+    fit_event_calibrators,
+    seed_everything,
+    summarise_data,
+    train_step,
+    validation_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,17 +175,10 @@ class MixedFineTuner:
             total, count = 0.0, 0
             bar = tqdm(range(steps_per_epoch), desc=f"stage 2 epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
             for _ in bar:
-                lr = cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(step / total_steps, 1.0))))
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                step += 1
                 batch = self._mixed_batch(windows["real_train"], windows["sim_train"], n_real, n_sim, rng)
-                loss = pinball_loss(network(batch.x), batch.y, batch.mask)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-                opt.step()
-                total += float(loss.detach()) * batch.x.shape[0]
+                loss = train_step(network, opt, batch, cosine_learning_rate(cfg.learning_rate, step, total_steps))
+                step += 1
+                total += loss * batch.x.shape[0]
                 count += batch.x.shape[0]
                 bar.set_postfix(loss=f"{total / count:.4f}")
             real_loss, sim_loss = self._validate(network, windows["real_val"]), self._validate(network, windows["sim_val"])
@@ -226,28 +235,11 @@ class MixedFineTuner:
         return Batch(x=torch.cat([a.x, b.x]), y=torch.cat([a.y, b.y]), mask=torch.cat([a.mask, b.mask]))
 
     def _validate(self, network: torch.nn.Module, val: TrainingWindows) -> float:
-        network.eval()
-        total, weight = 0.0, 0.0
-        with torch.inference_mode():
-            for batch in val.iterate(4096, None, self.device):
-                w = float(batch.mask.sum())
-                total += float(pinball_loss(network(batch.x), batch.y, batch.mask)) * w
-                weight += w
-        return total / max(weight, 1.0)
+        return validation_loss(network, val, self.device)
 
-    def _calibrate(self, bank: Any, origins: np.ndarray) -> dict[str, LogisticCalibrator]:
+    def _calibrate(self, bank: SeriesBank, origins: np.ndarray) -> dict[str, LogisticCalibrator]:
         forecaster = Forecaster(self.network_, self.window_, self.scaler_, {}, device=self.device)
-        q = forecaster.predict_bank(bank, origins)
-        raw = raw_event_probabilities(q[..., 0], q[..., 1], q[..., 2])
-        outcomes = event_outcomes(bank.targets(origins)[0])
-        cals: dict[str, LogisticCalibrator] = {}
-        for name, p in raw.items():
-            happened, known = outcomes[name]
-            if known.sum() < 50 or happened[known].sum() < 5:
-                cals[name] = LogisticCalibrator()
-            else:
-                cals[name] = LogisticCalibrator().fit(p[known], happened[known])
-        return cals
+        return fit_event_calibrators(forecaster, bank, origins)
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from forecasting.ml.baselines import RidgeLagged
 from forecasting.ml.data import SubjectReadings, build_grid
-from forecasting.ml.datasets import Scaler, SeriesBank, TrainingWindows, WindowConfig
+from forecasting.ml.datasets import Batch, Scaler, SeriesBank, TrainingWindows, WindowConfig
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.networks import PatchGRUForecaster, pinball_loss
 from forecasting.ml.risk import LogisticCalibrator, event_outcomes, raw_event_probabilities
@@ -56,6 +56,58 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def cosine_learning_rate(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine decay from ``base_lr`` to 5 % of it over the planned steps.
+
+    Driven by steps, not wall-clock, so runs are reproducible; a time cap only stops the loop early.
+    """
+    return float(base_lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(step / total_steps, 1.0)))))
+
+
+def train_step(network: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, lr: float) -> float:
+    """One clipped AdamW step on the pinball loss at learning rate ``lr``; returns the batch's mean loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = pinball_loss(network(batch.x), batch.y, batch.mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def validation_loss(network: torch.nn.Module, val: TrainingWindows, device: str) -> float:
+    """Pinball loss over every validation window, weighted by the number of known target slots."""
+    network.eval()
+    total, weight = 0.0, 0.0
+    with torch.inference_mode():
+        for batch in val.iterate(4096, None, device):
+            w = float(batch.mask.sum())
+            total += float(pinball_loss(network(batch.x), batch.y, batch.mask)) * w
+            weight += w
+    return total / max(weight, 1.0)
+
+
+def fit_event_calibrators(forecaster: Forecaster, bank: SeriesBank, origins: np.ndarray) -> dict[str, LogisticCalibrator]:
+    """One logistic calibrator per risk event, fitted on ``forecaster``'s raw probabilities at ``origins``.
+
+    An event with too few known windows or occurrences keeps the identity calibrator: a fit on a
+    handful of points would be noise.
+    """
+    q = forecaster.predict_bank(bank, origins)
+    raw = raw_event_probabilities(q[..., 0], q[..., 1], q[..., 2])
+    future, _ = bank.targets(origins)
+    outcomes = event_outcomes(future)
+    cals: dict[str, LogisticCalibrator] = {}
+    for name, p in raw.items():
+        happened, known = outcomes[name]
+        if known.sum() < 50 or happened[known].sum() < 5:
+            cals[name] = LogisticCalibrator()
+        else:
+            cals[name] = LogisticCalibrator().fit(p[known], happened[known])
+    return cals
 
 
 def split_subjects(
@@ -179,26 +231,15 @@ class QuantileForecasterTrainer:
             )
             stop_for_time = False
             for batch in bar:
-                # Cosine decay over the planned steps. It is driven by steps, not
-                # wall-clock, so runs are reproducible; max_minutes is only a cap.
-                done = step / total_steps
-                lr = cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(done, 1.0))))
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                loss = train_step(network, opt, batch, cosine_learning_rate(cfg.learning_rate, step, total_steps))
                 step += 1
-                pred = network(batch.x)
-                loss = pinball_loss(pred, batch.y, batch.mask)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-                opt.step()
-                total += float(loss.detach()) * batch.x.shape[0]
+                total += loss * batch.x.shape[0]
                 count += batch.x.shape[0]
                 bar.set_postfix(loss=f"{total / count:.4f}")
                 if (time.monotonic() - started) / 60 > cfg.max_minutes:
                     stop_for_time = True
                     break
-            val_loss = self._validate(network, val_win)
+            val_loss = validation_loss(network, val_win, self.device)
             log = EpochLog(epoch, total / max(count, 1), val_loss, time.monotonic() - t0, opt.param_groups[0]["lr"])
             history.append(log)
             logger.info("epoch %d train_loss %.5f val_loss %.5f (%.0f s)", epoch, log.train_loss, val_loss, log.seconds)
@@ -226,31 +267,8 @@ class QuantileForecasterTrainer:
         self.data_summary_ = {"train": summarise_data(train), "val": summarise_data(val)}
         return self
 
-    def _validate(self, network: torch.nn.Module, val: TrainingWindows) -> float:
-        network.eval()
-        total, weight = 0.0, 0.0
-        with torch.inference_mode():
-            for batch in val.iterate(4096, None, self.device):
-                pred = network(batch.x)
-                w = float(batch.mask.sum())
-                total += float(pinball_loss(pred, batch.y, batch.mask)) * w
-                weight += w
-        return total / max(weight, 1.0)
-
     def _calibrate(self, bank: SeriesBank, origins: np.ndarray) -> dict[str, LogisticCalibrator]:
-        forecaster = self.to_forecaster(calibrators={})
-        q = forecaster.predict_bank(bank, origins)
-        raw = raw_event_probabilities(q[..., 0], q[..., 1], q[..., 2])
-        future, _ = bank.targets(origins)
-        outcomes = event_outcomes(future)
-        cals: dict[str, LogisticCalibrator] = {}
-        for name, p in raw.items():
-            happened, known = outcomes[name]
-            if known.sum() < 50 or happened[known].sum() < 5:
-                cals[name] = LogisticCalibrator()
-            else:
-                cals[name] = LogisticCalibrator().fit(p[known], happened[known])
-        return cals
+        return fit_event_calibrators(self.to_forecaster(calibrators={}), bank, origins)
 
     def _fit_ridge(self, bank: SeriesBank, origins: np.ndarray, rng: np.random.Generator) -> RidgeLagged:
         if origins.shape[0] > self.config.ridge_samples:
