@@ -6,14 +6,17 @@ module (or per session for the PostgreSQL cluster) to keep the whole tests/fault
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 from django.db import connection
 
+from forecasting.models import Forecast
 from notifications.fcm_stub import FcmStub
 from tests.integration.conftest import real_services  # noqa: F401
 from tests.integration.private_services import (
@@ -21,7 +24,7 @@ from tests.integration.private_services import (
     CeleryWorker,
     PrivatePostgres,
     PrivateRedis,
-    celery_publishing_to,
+    private_redis_published_to,
     service_env,
     unavailable,
 )
@@ -38,16 +41,41 @@ def django_test_db_connect(**kwargs: object) -> psycopg.Connection:
     return psycopg.connect(django_test_db_url().replace("postgres://", "postgresql://"), **kwargs)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def forecast_key_held(*, patient_id: int, origin: datetime, model_version_id: int) -> Iterator[None]:
+    """Hold an uncommitted Forecast row for (patient, origin, model version) until the block ends.
+
+    A forecast run for that key then waits on PostgreSQL's unique-index lock right at its INSERT, after
+    the model ran: a real, deterministic "in the middle" for the fault tests. Rolled back afterwards.
+    """
+    blocker = django_test_db_connect()
+    try:
+        blocker.execute(
+            f'INSERT INTO "{Forecast._meta.db_table}" (patient_id, origin, model_version_id, status, reason, points, created_at)'
+            " VALUES (%s, %s, %s, 'ok', 'held by the fault test', '[]', now())",
+            [patient_id, origin, model_version_id],
+        )  # psycopg opened a transaction: the row stays uncommitted and its unique key locked
+        yield
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
+def backends_waiting_to_insert(conn: psycopg.Connection, table: str) -> int:
+    """How many backends of the test database are blocked on a lock while inserting into `table`."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE %s",
+        [f'INSERT INTO "{table}"%'],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 @pytest.fixture(scope="module")
 def fault_redis(real_services: None) -> Iterator[PrivateRedis]:  # noqa: F811
     """A private Redis for the module; this process publishes to it (on-commit tasks, the outbox sweeper)."""
-    server = PrivateRedis()
-    server.start()
-    try:
-        with celery_publishing_to(server.url()):
-            yield server
-    finally:
-        server.stop()
+    with private_redis_published_to() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

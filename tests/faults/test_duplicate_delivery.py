@@ -35,7 +35,7 @@ from notifications.fcm import FcmTransport
 from notifications.fcm_stub import FcmStub
 from notifications.models import Notification, Status
 from tests.factories import PatientFactory, UserFactory
-from tests.faults.conftest import django_test_db_connect
+from tests.faults.conftest import backends_waiting_to_insert, django_test_db_connect, forecast_key_held
 from tests.integration.private_services import PrivateRedis, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -67,26 +67,11 @@ def test_the_same_forecast_task_delivered_twice_at_once_stores_one_forecast(faul
     reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk), items=items)
     table = Forecast._meta.db_table
 
-    blocker = django_test_db_connect()
-    blocker.execute(
-        f'INSERT INTO "{table}" (patient_id, origin, model_version_id, status, reason, points, created_at)'
-        " VALUES (%s, %s, %s, 'ok', 'held by the fault test', '[]', now())",
-        [patient.pk, origin, version.pk],
-    )
-    runs = [in_thread(lambda: forecast_patients([patient.pk], {})) for _ in range(2)]
-    try:
+    with forecast_key_held(patient_id=patient.pk, origin=origin, model_version_id=version.pk):
+        runs = [in_thread(lambda: forecast_patients([patient.pk], {})) for _ in range(2)]
         with django_test_db_connect(autocommit=True) as observer:
-            def both_waiting() -> bool:
-                row = observer.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock' AND query LIKE %s", [f'INSERT INTO "{table}"%'],
-                ).fetchone()
-                return bool(row and row[0] == 2)
-
-            wait_until(both_waiting, timeout=120, what="both deliveries to reach the forecast INSERT")
-    finally:
-        blocker.rollback()
-        blocker.close()
+            wait_until(lambda: backends_waiting_to_insert(observer, table) == 2, timeout=120,
+                       what="both deliveries to reach the forecast INSERT")
     for thread, _ in runs:
         thread.join(timeout=60)
     for _, outcome in runs:

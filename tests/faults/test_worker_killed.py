@@ -27,7 +27,7 @@ from notifications.fcm_stub import FcmStub
 from notifications.models import Notification, Status
 from tests.conftest import bearer
 from tests.factories import PatientFactory, UserFactory
-from tests.faults.conftest import Workers, django_test_db_connect
+from tests.faults.conftest import Workers, backends_waiting_to_insert, django_test_db_connect, forecast_key_held
 from tests.integration.private_services import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -35,16 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 def task_ids(log: str, task_name: str, event: str) -> list[str]:
     return re.findall(rf"{re.escape(task_name)}\[([0-9a-f-]+)\] {event}", log)
-
-
-def waiting_on_lock(conn, table: str) -> bool:  # type: ignore[no-untyped-def]
-    """A backend of the test database is blocked on a lock while inserting into `table`."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND query LIKE %s",
-        [f'INSERT INTO "{table}"%'],
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def test_a_worker_killed_mid_forecast_is_replaced_and_the_forecast_is_stored_once(fault_workers: Workers) -> None:
@@ -56,23 +46,14 @@ def test_a_worker_killed_mid_forecast_is_replaced_and_the_forecast_is_stored_onc
             for i in range(13)]
     table = Forecast._meta.db_table
 
-    blocker = django_test_db_connect()
-    blocker.execute(
-        f'INSERT INTO "{table}" (patient_id, origin, model_version_id, status, reason, points, created_at)'
-        " VALUES (%s, %s, %s, 'ok', 'held by the fault test', '[]', now())",
-        [patient.pk, origin, version.pk],
-    )  # psycopg opened a transaction: the row stays uncommitted and its unique key locked
-    try:
+    with forecast_key_held(patient_id=patient.pk, origin=origin, model_version_id=version.pk):
         response = bearer(patient.user).post("/api/v1/readings", data=json.dumps(body), content_type="application/json")
         assert response.status_code == 200 and response.json()["accepted"] == 13
         with django_test_db_connect(autocommit=True) as observer:
-            wait_until(lambda: waiting_on_lock(observer, table), timeout=90,
+            wait_until(lambda: backends_waiting_to_insert(observer, table) > 0, timeout=90,
                        what="the worker to block inside the forecast's INSERT")
         [killed_task] = task_ids(worker.log(), "forecasting.forecast_patients", "received")
         worker.kill()
-    finally:
-        blocker.rollback()
-        blocker.close()
     # The killed worker's transaction never committed, and its task was never acknowledged.
     assert not Forecast.objects.filter(patient=patient).exists()
 

@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from tests.integration.private_services import PrivateRedis, celery_publishing_to
+from tests.integration.private_services import PrivateRedis, private_redis_published_to
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,13 +125,8 @@ def private_redis(real_services: None) -> Iterator[PrivateRedis]:
 
     Outage tests use it so the suite never shuts down the shared Redis other runs depend on.
     """
-    server = PrivateRedis()
-    server.start()
-    try:
-        with celery_publishing_to(server.url()):
-            yield server
-    finally:
-        server.stop()
+    with private_redis_published_to() as server:
+        yield server
 
 
 @pytest.fixture

@@ -136,6 +136,17 @@ class PrivatePostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a child and reap it, escalating to SIGKILL if it has not exited after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 def service_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     """The environment of a web or worker child process: production mode, pointed at the given services."""
     return {
@@ -191,13 +202,7 @@ class CeleryWorker:
         self._log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        terminate(self.process)
         self._log.close()
 
 
@@ -239,13 +244,7 @@ class WebServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        terminate(self.process)
         self._log.close()
 
 
@@ -269,3 +268,15 @@ def celery_publishing_to(broker_url: str) -> Iterator[None]:
         yield
     finally:
         switch(previous)
+
+
+@contextlib.contextmanager
+def private_redis_published_to() -> Iterator[PrivateRedis]:
+    """A started private Redis that this process's Celery app publishes to until the block ends; then stopped."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        with celery_publishing_to(server.url()):
+            yield server
+    finally:
+        server.stop()
