@@ -131,7 +131,7 @@ def _local_seconds(moments: Sequence[datetime], zone: ZoneInfo) -> np.ndarray:
 @observe_forecast_batch
 def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None) -> list[Forecast]:
     """Forecast a group of patients in one batched forward pass and store the results idempotently."""
-    from forecasting.ml.data import SubjectReadings, readings_from_arrays
+    from forecasting.ml.data import batch_from_arrays
     from forecasting.ml.datasets import MAX_STALENESS_MINUTES
     from forecasting.ml.inference import REASON_NO_READINGS, REASON_STALE, STATUS_INSUFFICIENT, PatientForecast
 
@@ -149,7 +149,7 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
     # Staleness is judged here on the UTC clock: patients in different time zones share one batch.
     stale_after = timedelta(minutes=MAX_STALENESS_MINUTES)
     results: dict[int, PatientForecast] = {}
-    batch: list[tuple[Patient, SubjectReadings]] = []
+    batch: list[Patient] = []
     for patient in patients:
         series = by_patient[patient.pk]
         if not series:
@@ -157,13 +157,18 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
         elif now - series[-1][0] > stale_after:
             results[patient.pk] = PatientForecast(str(patient.pk), STATUS_INSUFFICIENT, REASON_STALE)
         else:
-            zone = ZoneInfo(patient.time_zone)
-            batch.append((patient, readings_from_arrays(
-                _local_seconds([m for m, _ in series], zone), [v for _, v in series], subject_id=str(patient.pk)
-            )))
+            batch.append(patient)
     if batch:
-        outputs = forecaster.forecast_patients([readings for _, readings in batch])
-        results.update({patient.pk: output for (patient, _), output in zip(batch, outputs, strict=True)})
+        # One flat array per field for the whole batch: the model prepares and forecasts it in one pass.
+        series_of = [by_patient[p.pk] for p in batch]
+        readings = batch_from_arrays(
+            np.concatenate([_local_seconds([m for m, _ in s], ZoneInfo(p.time_zone)) for p, s in zip(batch, series_of, strict=True)]),
+            [v for s in series_of for _, v in s],
+            [len(s) for s in series_of],
+            [str(p.pk) for p in batch],
+        )
+        outputs = forecaster.forecast_batch(readings).to_patient_forecasts()
+        results.update({patient.pk: output for patient, output in zip(batch, outputs, strict=True)})
     return [_store(patient, results[patient.pk], version, series=by_patient[patient.pk], now=now) for patient in patients]
 
 

@@ -102,21 +102,40 @@ def grid_features(grid: Grid, scaler: Scaler, use_treatments: bool) -> np.ndarra
         and the treatments-known flag (all three 0 when the subject has no
         treatment columns).
     """
-    available = ~np.isnan(grid.value)
-    g = np.where(available, (grid.value - scaler.glucose_mean) / scaler.glucose_std, 0.0)
-    day_frac = (grid.slot_time % 86400) / 86400.0
+    known = np.full(grid.n_slots, 1.0 if grid.has_treatments else 0.0)
+    return slot_features(grid.value, grid.observed, grid.slot_time, grid.carbs, grid.insulin, known, scaler, use_treatments)
+
+
+def slot_features(
+    value: np.ndarray,
+    observed: np.ndarray,
+    slot_time: np.ndarray,
+    carbs: np.ndarray,
+    insulin: np.ndarray,
+    treatments_known: np.ndarray,
+    scaler: Scaler,
+    use_treatments: bool,
+) -> np.ndarray:
+    """The channels of :func:`grid_features` for slots gathered in any shape ``[...]`` -> ``[..., F]`` float32.
+
+    Batched inference gathers only the context windows' slots from a grid and builds their features here,
+    so both paths share one definition of every channel.
+    """
+    available = ~np.isnan(value)
+    g = np.where(available, (value - scaler.glucose_mean) / scaler.glucose_std, 0.0)
+    day_frac = (slot_time % 86400) / 86400.0
     cols = [
         g,
         available.astype(np.float64),
-        grid.observed.astype(np.float64),
+        observed.astype(np.float64),
         np.sin(2 * np.pi * day_frac),
         np.cos(2 * np.pi * day_frac),
     ]
     if use_treatments:
-        cols.append(grid.carbs / scaler.carbs_scale)
-        cols.append(grid.insulin / scaler.insulin_scale)
-        cols.append(np.full(grid.n_slots, 1.0 if grid.has_treatments else 0.0))
-    return np.stack(cols, axis=1).astype(np.float32)
+        cols.append(carbs / scaler.carbs_scale)
+        cols.append(insulin / scaler.insulin_scale)
+        cols.append(treatments_known.astype(np.float64))
+    return np.stack(cols, axis=-1).astype(np.float32)
 
 
 def sufficient_history(observed: np.ndarray, slots: np.ndarray) -> np.ndarray:

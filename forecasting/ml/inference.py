@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from forecasting.ml.artifacts import load_artifact
-from forecasting.ml.data import SubjectReadings, build_grid
+from forecasting.ml.data import BatchReadings, Grid, SubjectReadings, batch_from_subjects, build_grid
 from forecasting.ml.datasets import (
     MAX_STALENESS_MINUTES,
     MIN_READINGS_LAST_HOUR,
@@ -23,6 +23,7 @@ from forecasting.ml.datasets import (
     Scaler,
     SeriesBank,
     WindowConfig,
+    slot_features,
     sufficient_history,
 )
 from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, raw_event_probabilities
@@ -34,6 +35,10 @@ STATUS_INSUFFICIENT = "insufficient_data"
 REASON_NO_READINGS = "no readings"
 REASON_STALE = f"last reading older than {MAX_STALENESS_MINUTES} min"
 REASON_SPARSE = f"fewer than {MIN_READINGS_LAST_HOUR} readings in the last hour"
+
+#: Per-subject outcome codes of :class:`BatchForecast`; REASONS[code] is the text stored with it.
+CODE_OK, CODE_NO_READINGS, CODE_STALE, CODE_SPARSE = 0, 1, 2, 3
+REASONS = ("", REASON_NO_READINGS, REASON_STALE, REASON_SPARSE)
 
 
 @dataclass
@@ -57,6 +62,55 @@ class PatientForecast:
     origin_time: int | None = None
     points: list[ForecastPoint] = field(default_factory=list)
     risk: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BatchForecast:
+    """A batch's forecasts kept as arrays until rows are needed.
+
+    Attributes:
+        subject_ids: ``P`` identifiers, batch order.
+        code: ``[P]`` int8 CODE_OK / CODE_NO_READINGS / CODE_STALE / CODE_SPARSE.
+        origin_time: ``[P]`` int64 seconds of the newest reading (0 where there is none).
+        quantiles: ``[P, H, 3]`` mg/dL p10/p50/p90 per 5-minute step; NaN unless CODE_OK.
+        risk: event name -> ``[P]`` calibrated probability; NaN unless CODE_OK.
+    """
+
+    subject_ids: list[str]
+    code: np.ndarray
+    origin_time: np.ndarray
+    quantiles: np.ndarray
+    risk: dict[str, np.ndarray]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.code == CODE_OK
+
+    @property
+    def minutes_ahead(self) -> np.ndarray:
+        return 5 * np.arange(1, self.quantiles.shape[1] + 1)
+
+    def to_patient_forecasts(self) -> list[PatientForecast]:
+        """One :class:`PatientForecast` per subject (the storage side's row form)."""
+        steps = self.minutes_ahead.tolist()
+        # Plain Python floats in one conversion per array: numpy scalars per point were slow.
+        quantiles = self.quantiles.tolist()
+        risk = {name: values.tolist() for name, values in self.risk.items()}
+        names = [ev.name for ev in RISK_EVENTS]
+        out: list[PatientForecast] = []
+        for i, (sid, code, t0) in enumerate(zip(self.subject_ids, self.code.tolist(), self.origin_time.tolist(), strict=True)):
+            if code == CODE_NO_READINGS:
+                out.append(PatientForecast(sid, STATUS_INSUFFICIENT, REASONS[code]))
+            elif code != CODE_OK:
+                out.append(PatientForecast(sid, STATUS_INSUFFICIENT, REASONS[code], t0))
+            else:
+                points = [
+                    ForecastPoint(minutes_ahead=m, time=t0 + 60 * m, p10=a, p50=b, p90=c)
+                    for m, (a, b, c) in zip(steps, quantiles[i], strict=True)
+                ]
+                out.append(PatientForecast(sid, STATUS_OK, origin_time=t0, points=points,
+                                           risk={name: risk[name][i] for name in names}))
+        return out
 
 
 class Forecaster:
@@ -133,108 +187,98 @@ class Forecaster:
                 bank.add(key, grid)
         return bank.finalize(), grids
 
-    def _batch_bank(self, patients: list[SubjectReadings]) -> tuple[SeriesBank, list[int | None]]:
-        """One bank for a batch of patients, and the global slot of each patient's newest reading.
+    def _batch_grid(self, batch: BatchReadings) -> tuple[Grid, np.ndarray, np.ndarray]:
+        """One grid for a whole batch, and each subject's first and newest reading slot (-1 if none).
 
-        Why one grid: gridding patients one by one costs about a millisecond of numpy calls each, more
-        than the forward pass. Instead patient i's readings are shifted by a whole number of days (time of
-        day, and so every feature, is unchanged) to start at least a day after patient i-1's last reading,
-        and the batch is gridded once. A day's gap is more than 30 minutes, so each patient starts a new
-        segment anchored at its own first reading, exactly as alone, and it leaves MAX_EMPTY_SLOTS (10 h)
-        of masked slots between patients, more than a context window, so no window sees another patient.
-        Mixed batches (some patients with treatment columns, some without) fall back to one grid each,
-        because ``has_treatments`` is per grid.
+        Why one grid: gridding patients one by one costs tens of microseconds of numpy calls each, more
+        than their share of the forward pass. Instead subject i's readings are shifted by a whole number of
+        days (time of day, and so every feature, is unchanged) so that it starts more than a day after
+        subject i-1's last reading, and the batch is gridded once. A day's gap is more than 30 minutes, so
+        each subject starts a new segment anchored at its own first reading, exactly as alone, and nothing
+        is interpolated across it.
         """
-        present = [p for p in patients if len(p)]
-        kinds = {(p.carbs is None, p.insulin is None) for p in present}
-        if len(present) < 2 or len(kinds) > 1:
-            keys = [f"{i}" for i in range(len(patients))]
-            bank, grids = self.make_bank(dict(zip(keys, patients, strict=True)))
-            return bank, [bank.offsets[k] + grids[k].n_slots - 1 if grids[k].n_slots else None for k in keys]
         day = 86_400
-        shifted: list[np.ndarray] = []
-        last_index: list[int | None] = []
-        cursor: int | None = None
-        count = 0
-        for p in patients:
-            if not len(p):
-                last_index.append(None)
-                continue
-            first = int(p.times[0])
-            shift = 0 if cursor is None else -(-(cursor + day - first) // day) * day
-            shifted.append(p.times + shift)
-            cursor = int(p.times[-1]) + shift
-            count += len(p)
-            last_index.append(count - 1)
-        no_carbs, no_insulin = next(iter(kinds))
-        combined = SubjectReadings(
+        lengths = batch.lengths
+        present = np.flatnonzero(lengths > 0)
+        first_idx, last_idx = batch.offsets[present], batch.offsets[present + 1] - 1
+        # Put every subject's first reading on day 0, then give subject k the days after subject k-1's last.
+        base = -(batch.times[first_idx] // day) * day
+        span_days = (batch.times[last_idx] + base) // day + 1
+        start_day = np.concatenate([[0], np.cumsum(span_days + 1)[:-1]]).astype(np.int64)
+        shift = np.zeros(len(batch), dtype=np.int64)
+        shift[present] = base + start_day * day
+        treated = self.config.use_treatments
+        grid = build_grid(SubjectReadings(
             subject_id="batch",
-            times=np.concatenate(shifted),
-            glucose=np.concatenate([p.glucose for p in present]),
-            flags=np.concatenate([p.flags for p in present]),
-            carbs=None if no_carbs else np.concatenate([p.carbs for p in present]),  # type: ignore[misc]
-            insulin=None if no_insulin else np.concatenate([p.insulin for p in present]),  # type: ignore[misc]
-        )
-        grid = build_grid(combined)
-        bank = SeriesBank(self.config, self.scaler)
-        offset = bank.add("batch", grid)
-        bank.finalize()
-        # The filler between two patients must read like the zero padding before a lone patient's first
-        # reading (its time-of-day features would otherwise be set), so short histories match exactly.
-        ends = [i for i in last_index if i is not None]
-        for prev_last in ends[:-1]:  # reading prev_last + 1 is the next patient's first
-            start, stop = int(grid.reading_slot[prev_last]) + 1, int(grid.reading_slot[prev_last + 1])
-            bank.features[offset + start : offset + stop] = 0.0
-        return bank, [None if idx is None else offset + int(grid.reading_slot[idx]) for idx in last_index]
+            times=batch.times + np.repeat(shift, lengths),
+            glucose=batch.glucose,
+            flags=batch.flags,
+            carbs=batch.carbs if treated else None,
+            insulin=batch.insulin if treated else None,
+        ))
+        first_slot = np.full(len(batch), -1, dtype=np.int64)
+        last_slot = np.full(len(batch), -1, dtype=np.int64)
+        first_slot[present] = grid.reading_slot[first_idx]
+        last_slot[present] = grid.reading_slot[last_idx]
+        return grid, first_slot, last_slot
 
-    def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:
-        """Forecast from each patient's latest reading, in one batch.
+    def _predict_windows(self, grid: Grid, first: np.ndarray, last: np.ndarray, treated: np.ndarray) -> np.ndarray:
+        """Quantiles ``[B, H, 3]`` (mg/dL, clamped 40..400) at slots ``last`` of a batch grid.
+
+        Only the context windows' slots are gathered and turned into features (what :meth:`predict_bank`
+        reads from a bank): slots before a subject's first reading, the padding of a lone subject's bank
+        or the gap before it in the batch grid, are zero, so no window sees another subject.
+        """
+        L, H = self.config.context_steps, self.config.horizon_steps
+        out = np.empty((last.shape[0], H, 3), dtype=np.float64)
+        with torch.inference_mode():
+            for lo in range(0, last.shape[0], 8192):
+                hi = min(lo + 8192, last.shape[0])
+                idx = last[lo:hi, None] + np.arange(-L + 1, 1)[None, :]
+                inside = idx >= first[lo:hi, None]
+                idx = np.where(inside, idx, 0)
+                x = slot_features(
+                    grid.value[idx], grid.observed[idx], grid.slot_time[idx], grid.carbs[idx], grid.insulin[idx],
+                    np.broadcast_to(treated[lo:hi, None], idx.shape), self.scaler, self.config.use_treatments,
+                )
+                x[~inside] = 0.0
+                q = self.network(torch.from_numpy(x).to(self.device)).cpu().numpy().astype(np.float64)
+                out[lo:hi] = self.config.decode_target(q, grid.value[last[lo:hi]], self.scaler)
+        return np.clip(out, 40.0, 400.0)
+
+    def forecast_batch(self, batch: BatchReadings, now: int | None = None) -> BatchForecast:
+        """Forecast from each subject's latest reading, the whole batch in arrays.
 
         Args:
-            patients: recent readings per patient (at least the last 6 h for
-                full context; less still works, with the gap masked).
-            now: current time in seconds (same clock as the readings); when
-                given, a patient whose newest reading is older than
-                MAX_STALENESS_MINUTES gets ``insufficient_data``.
+            batch: recent readings per subject (at least the last 6 h for full context; less still
+                works, with the gap masked).
+            now: current time in seconds (same clock as the readings); when given, a subject whose
+                newest reading is older than MAX_STALENESS_MINUTES gets ``insufficient_data``.
         Returns:
-            one :class:`PatientForecast` per input, same order.
+            a :class:`BatchForecast`, rows in batch order.
         """
-        bank, last_slots = self._batch_bank(patients)
-        results: list[PatientForecast] = []
-        todo: list[tuple[int, int]] = []
-        for i, p in enumerate(patients):
-            last_slot = last_slots[i]
-            if len(p) == 0 or last_slot is None:
-                results.append(PatientForecast(p.subject_id, STATUS_INSUFFICIENT, REASON_NO_READINGS))
-                continue
-            last_time = int(p.times[-1])
-            if now is not None and now - last_time > MAX_STALENESS_MINUTES * 60:
-                results.append(PatientForecast(p.subject_id, STATUS_INSUFFICIENT, REASON_STALE, last_time))
-                continue
-            results.append(PatientForecast(p.subject_id, STATUS_OK, origin_time=last_time))
-            todo.append((i, last_slot))
-        if todo:
-            origins = np.array([g for _, g in todo], dtype=np.int64)
-            enough = sufficient_history(bank.observed, origins)
-            for (i, _), ok in zip(todo, enough, strict=True):
-                if not ok:
-                    res = results[i]
-                    results[i] = PatientForecast(res.subject_id, STATUS_INSUFFICIENT, REASON_SPARSE, res.origin_time)
-            todo = [t for t, ok in zip(todo, enough, strict=True) if ok]
-            origins = origins[enough]
-        if todo:
-            q = self.predict_bank(bank, origins)
-            risk = {name: values.tolist() for name, values in self.risk(q).items()}
-            # Plain Python floats in one conversion: building 24 points per patient from numpy scalars
-            # was a large share of the batch time.
-            steps = [5 * (k + 1) for k in range(q.shape[1])]
-            quantiles = q.tolist()
-            for row, (i, _) in enumerate(todo):
-                res = results[i]
-                t0 = int(res.origin_time or 0)
-                res.points = [
-                    ForecastPoint(minutes_ahead=m, time=t0 + 60 * m, p10=a, p50=b, p90=c)
-                    for m, (a, b, c) in zip(steps, quantiles[row], strict=True)
-                ]
-                res.risk = {ev.name: float(risk[ev.name][row]) for ev in RISK_EVENTS}
-        return results
+        count, horizon = len(batch), self.config.horizon_steps
+        present = batch.lengths > 0
+        code = np.where(present, CODE_OK, CODE_NO_READINGS).astype(np.int8)
+        origin_time = np.zeros(count, dtype=np.int64)
+        origin_time[present] = batch.times[batch.offsets[1:][present] - 1]
+        if now is not None:
+            code[present & (now - origin_time > MAX_STALENESS_MINUTES * 60)] = CODE_STALE
+        quantiles = np.full((count, horizon, 3), np.nan)
+        risk = {ev.name: np.full(count, np.nan) for ev in RISK_EVENTS}
+        if present.any():
+            grid, first, last = self._batch_grid(batch)
+            todo = np.flatnonzero(code == CODE_OK)
+            enough = sufficient_history(grid.observed, last[todo])
+            code[todo[~enough]] = CODE_SPARSE
+            todo = todo[enough]
+            if todo.size:
+                q = self._predict_windows(grid, first[todo], last[todo], batch.has_treatments[todo])
+                quantiles[todo] = q
+                for name, values in self.risk(q).items():
+                    risk[name][todo] = values
+        return BatchForecast(list(batch.subject_ids), code, origin_time, quantiles, risk)
+
+    def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:
+        """:meth:`forecast_batch` for a list of :class:`SubjectReadings`, one :class:`PatientForecast` each."""
+        return self.forecast_batch(batch_from_subjects(patients), now).to_patient_forecasts()

@@ -127,3 +127,37 @@ def test_the_stale_sweep_finds_patients_without_a_current_forecast(world: World,
         sweep_stale_forecasts.apply()
     assert Forecast.objects.filter(patient=world.alice).exists()
     assert services.patients_with_stale_forecast() == []
+
+
+def test_patients_forecast_in_one_batch_equals_each_patient_alone(world: World) -> None:
+    # Two time zones (the model reads local time of day), a sensor "Low" and a gap in one batch.
+    from glucoscope.readings.models import GlucoseReading, SensorFlag
+
+    world.bob.time_zone = "America/New_York"
+    world.bob.save(update_fields=["time_zone"])
+    now = timezone.now().replace(microsecond=0)
+    readings = []
+    for patient, phase in ((world.alice, 0), (world.bob, 2)):
+        for k in range(78):
+            if patient == world.bob and 40 <= k < 45:
+                continue  # a 25-minute gap: masked, not interpolated
+            low = patient == world.alice and k == 60
+            readings.append(GlucoseReading(
+                patient=patient, measured_at=now - timedelta(minutes=5 * (77 - k) + 1), source=ReadingSource.APP,
+                value_mgdl=None if low else float(120 + 40 * ((k + phase) % 7) / 7), received_at=now,
+                sensor_flag=SensorFlag.LOW if low else SensorFlag.NONE,
+            ))
+    GlucoseReading.objects.bulk_create(readings)
+    ids = [world.alice.pk, world.bob.pk]
+    together = {f.patient_id: f for f in services.patients_forecast(patient_ids=ids, now=now)}
+    Forecast.objects.all().delete()
+    alone = {pk: services.patients_forecast(patient_ids=[pk], now=now)[0] for pk in ids}
+    for pk in ids:
+        assert together[pk].status == alone[pk].status == "ok"
+        # Stored to 0.1 mg/dL: a float32 difference between batch sizes may flip the last rounding digit.
+        assert [p["minutes_ahead"] for p in together[pk].points] == [p["minutes_ahead"] for p in alone[pk].points]
+        for a, b in zip(together[pk].points, alone[pk].points, strict=True):
+            assert all(abs(a[q] - b[q]) <= 0.1 + 1e-9 for q in ("p10", "p50", "p90")), (a, b)
+        for field in ("below_70_30min", "below_54_60min", "above_250_60min"):
+            assert abs(getattr(together[pk].risk, field) - getattr(alone[pk].risk, field)) < 1e-6
+    assert together[world.alice.pk].points != together[world.bob.pk].points
