@@ -20,6 +20,7 @@ from forecasting.ml.datasets import SeriesBank, TrainingWindows
 from forecasting.ml.evaluation import collect_predictions, point_metrics
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.networks import pinball_loss
+from forecasting.ml.training import validation_loss
 
 MIN_DAYS = 7.0
 
@@ -40,16 +41,6 @@ class FineTuneConfig:
     check_every: int = 25
     #: Keep the tuned head only if it beats the population head by this much.
     min_relative_gain: float = 0.01
-
-
-def _loss(network: torch.nn.Module, windows: TrainingWindows, device: str) -> float:
-    total, weight = 0.0, 0.0
-    with torch.inference_mode():
-        for batch in windows.iterate(2048, None, device):
-            w = float(batch.mask.sum())
-            total += float(pinball_loss(network(batch.x), batch.y, batch.mask)) * w
-            weight += w
-    return total / max(weight, 1.0)
 
 
 def fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTuneConfig | None = None) -> Forecaster:
@@ -86,7 +77,7 @@ def fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTun
     for p in head.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
-    base_loss = _loss(network, check, forecaster.device)
+    base_loss = validation_loss(network, check, forecaster.device, batch_size=2048)
     best_loss, best_state = base_loss, copy.deepcopy(head.state_dict())
     for step in range(1, config.steps + 1):
         network.train()
@@ -98,7 +89,7 @@ def fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTun
         opt.step()
         if step % config.check_every == 0 or step == config.steps:
             network.eval()
-            current = _loss(network, check, forecaster.device)
+            current = validation_loss(network, check, forecaster.device, batch_size=2048)
             if current < best_loss:
                 best_loss, best_state = current, copy.deepcopy(head.state_dict())
     personalised = best_loss < base_loss * (1 - config.min_relative_gain)

@@ -78,12 +78,12 @@ def train_step(network: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batc
     return float(loss.detach())
 
 
-def validation_loss(network: torch.nn.Module, val: TrainingWindows, device: str) -> float:
+def validation_loss(network: torch.nn.Module, val: TrainingWindows, device: str, batch_size: int = 4096) -> float:
     """Pinball loss over every validation window, weighted by the number of known target slots."""
     network.eval()
     total, weight = 0.0, 0.0
     with torch.inference_mode():
-        for batch in val.iterate(4096, None, device):
+        for batch in val.iterate(batch_size, None, device):
             w = float(batch.mask.sum())
             total += float(pinball_loss(network(batch.x), batch.y, batch.mask)) * w
             weight += w
