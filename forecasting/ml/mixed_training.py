@@ -45,7 +45,7 @@ from forecasting.ml.training import (
     build_bank,
     cosine_learning_rate,
     fit_event_calibrators,
-    seed_everything,
+    start_run,
     summarise_data,
     train_step,
     validation_loss,
@@ -134,10 +134,7 @@ class MixedFineTuner:
         sim_val: dict[str, SubjectReadings],
     ) -> MixedFineTuner:
         cfg = self.config
-        if self.device == "cpu":
-            torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
+        rng = start_run(seed=cfg.seed, num_threads=cfg.num_threads, device=self.device)
         started = time.monotonic()
         window = WindowConfig(**{**asdict(base_window), "use_treatments": True})
         # The scaler stays stage 1's: the glucose normalisation must not move under the warm start.

@@ -58,6 +58,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_run(*, seed: int, num_threads: int, device: str) -> np.random.Generator:
+    """Cap torch's CPU threads at the configured count and seed every generator; returns the run's numpy one."""
+    if device == "cpu":
+        torch.set_num_threads(num_threads)
+    seed_everything(seed)
+    return np.random.default_rng(seed)
+
+
 def cosine_learning_rate(base_lr: float, step: int, total_steps: int) -> float:
     """Cosine decay from ``base_lr`` to 5 % of it over the planned steps.
 
@@ -184,10 +192,7 @@ class QuantileForecasterTrainer:
 
     def fit(self, train: dict[str, SubjectReadings], val: dict[str, SubjectReadings]) -> QuantileForecasterTrainer:
         cfg = self.config
-        if self.device == "cpu":
-            torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
+        rng = start_run(seed=cfg.seed, num_threads=cfg.num_threads, device=self.device)
         started = time.monotonic()
         # Scaler from training subjects only, so validation stays unseen.
         all_vals = np.concatenate([r.glucose for r in train.values()])
