@@ -110,8 +110,8 @@ def slot_features(
     value: np.ndarray,
     observed: np.ndarray,
     slot_time: np.ndarray,
-    carbs: np.ndarray,
-    insulin: np.ndarray,
+    carbs: np.ndarray | None,
+    insulin: np.ndarray | None,
     treatments_known: np.ndarray,
     scaler: Scaler,
     use_treatments: bool,
@@ -132,6 +132,8 @@ def slot_features(
         np.cos(2 * np.pi * day_frac),
     ]
     if use_treatments:
+        if carbs is None or insulin is None:
+            raise ValueError("use_treatments needs the carbs and insulin slots")
         cols.append(carbs / scaler.carbs_scale)
         cols.append(insulin / scaler.insulin_scale)
         cols.append(treatments_known.astype(np.float64))

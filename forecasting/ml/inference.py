@@ -237,9 +237,11 @@ class Forecaster:
                 idx = last[lo:hi, None] + np.arange(-L + 1, 1)[None, :]
                 inside = idx >= first[lo:hi, None]
                 idx = np.where(inside, idx, 0)
+                use = self.config.use_treatments
                 x = slot_features(
-                    grid.value[idx], grid.observed[idx], grid.slot_time[idx], grid.carbs[idx], grid.insulin[idx],
-                    np.broadcast_to(treated[lo:hi, None], idx.shape), self.scaler, self.config.use_treatments,
+                    grid.value[idx], grid.observed[idx], grid.slot_time[idx],
+                    grid.carbs[idx] if use else None, grid.insulin[idx] if use else None,
+                    np.broadcast_to(treated[lo:hi, None], idx.shape), self.scaler, use,
                 )
                 x[~inside] = 0.0
                 q = self.network(torch.from_numpy(x).to(self.device)).cpu().numpy().astype(np.float64)
