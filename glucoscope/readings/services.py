@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Q, When
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -321,17 +321,28 @@ def outbox_take(*, patient_ids: Sequence[int]) -> list[int]:
     """
     now = timezone.now()
     abandoned_before = now - settings.OUTBOX_STALE_AFTER
-    own = Q(patient_id__in=list(patient_ids)) & (Q(taken_at__isnull=True) | Q(taken_at__lt=abandoned_before))
-    queued_elsewhere = Q(enqueued_at__isnull=False, taken_at__isnull=True)
-    limit = max(settings.OUTBOX_PATIENTS_PER_TASK, len(patient_ids))
+    own_ids = list(patient_ids)
+    can_lock = connection.features.has_select_for_update
     with transaction.atomic():
-        rows = PatientOutbox.objects.filter(own | queued_elsewhere).order_by(
-            Case(When(patient_id__in=list(patient_ids), then=0), default=1), "enqueued_at"
-        )
-        if connection.features.has_select_for_update_skip_locked:
-            # Two tasks starting together take disjoint rows instead of waiting on each other.
-            rows = rows.select_for_update(skip_locked=True)
-        taken = list(rows.values_list("patient_id", flat=True)[:limit])
+        # Our own rows: wait for an ingest that is committing on them (its claim failed because this
+        # task was already sent, so nobody else would process its readings). Locked in id order,
+        # the order in which ingest upserts them, so the two cannot deadlock.
+        own = PatientOutbox.objects.filter(
+            Q(taken_at__isnull=True) | Q(taken_at__lt=abandoned_before), patient_id__in=own_ids
+        ).order_by("patient_id")
+        if can_lock:
+            own = own.select_for_update()
+        taken = list(own.values_list("patient_id", flat=True))
+        room = max(settings.OUTBOX_PATIENTS_PER_TASK - len(taken), 0)
+        if room:
+            # Other patients whose tasks are still queued: a locked one is skipped, not waited for,
+            # because its own task will process it anyway.
+            queued = PatientOutbox.objects.filter(enqueued_at__isnull=False, taken_at__isnull=True).exclude(
+                patient_id__in=own_ids
+            ).order_by("enqueued_at")
+            if can_lock and connection.features.has_select_for_update_skip_locked:
+                queued = queued.select_for_update(skip_locked=True)
+            taken += list(queued.values_list("patient_id", flat=True)[:room])
         PatientOutbox.objects.filter(patient_id__in=taken).update(taken_at=now)
     return taken
 

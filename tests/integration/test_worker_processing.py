@@ -128,3 +128,29 @@ def test_the_same_task_delivered_twice_has_one_effect(real_services: None, trans
     assert PatientSummary.objects.get(patient=patient).readings_last_24h == 1
     assert Forecast.objects.filter(patient=patient).count() == 1
     assert not PatientOutbox.objects.filter(patient=patient).exists()
+
+
+def test_a_task_waits_for_an_ingest_committing_on_its_patient_instead_of_skipping_it(
+    real_services: None, transactional_db: None,
+) -> None:
+    """The ingest that bumps a claimed row cannot send a task, so the task already sent must not skip the row."""
+    import psycopg
+
+    patient = PatientFactory()
+    now = timezone.now()
+    PatientOutbox.objects.create(patient=patient, dirty_at=now, enqueued_at=now)
+    database = connection.settings_dict
+    ingest = psycopg.connect(host=database["HOST"], port=database["PORT"], user=database["USER"], dbname=database["NAME"])
+    taken: list[int] = []
+    try:
+        ingest.execute("UPDATE readings_patientoutbox SET version = version + 1 WHERE patient_id = %s", [patient.pk])
+        task = threading.Thread(target=lambda: (taken.extend(services.outbox_take(patient_ids=[patient.pk])), connection.close()))
+        task.start()
+        task.join(timeout=1.0)
+        waited = task.is_alive()
+        ingest.commit()
+    finally:
+        ingest.close()
+    task.join(timeout=10)
+    assert waited, "the task must wait for the committing ingest, not skip the locked row"
+    assert taken == [patient.pk]
