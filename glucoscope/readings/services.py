@@ -353,11 +353,15 @@ def outbox_versions(*, patient_ids: Sequence[int]) -> dict[int, int]:
 
 def outbox_complete(*, versions: dict[int, int]) -> None:
     """Remove each outbox row if nothing arrived since its version was read; run the others again."""
-    rerun = []
-    for patient_id, version in versions.items():
-        deleted, _ = PatientOutbox.objects.filter(patient_id=patient_id, version=version).delete()
-        if not deleted:
-            rerun.append(patient_id)
+    if not versions:
+        return
+    # One statement for the whole batch (tasks carry up to OUTBOX_PATIENTS_PER_TASK patients).
+    condition = " OR ".join(["(patient_id = %s AND version = %s)"] * len(versions))
+    params = [value for pair in versions.items() for value in pair]
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {_OUTBOX_TABLE} WHERE {condition} RETURNING patient_id", params)
+        released = {row[0] for row in cursor.fetchall()}
+    rerun = [patient_id for patient_id in versions if patient_id not in released]
     if rerun:
         PatientOutbox.objects.filter(patient_id__in=rerun).update(enqueued_at=None, taken_at=None)
         outbox_enqueue(patient_ids=rerun)
