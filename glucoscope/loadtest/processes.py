@@ -36,6 +36,10 @@ class StackConfig:
     conn_max_age: int = 60
     # queue name -> worker processes for it
     celery: dict[str, int] = field(default_factory=lambda: {"ingest": 1, "forecasting": 1, "notifications": 1})
+    # Scheduling niceness of the Celery workers (0 = same as the web tier). The web tier answers
+    # people waiting on a request; the workers batch whatever has queued up, so on shared cores
+    # they should yield to it (docs/scaling.md: the same as Nice= / CPUWeight= in production).
+    worker_nice: int = 10
 
 
 @dataclass(slots=True)
@@ -126,7 +130,7 @@ class Stack:
             name = f"load-{queue}-{os.getpid()}@127.0.0.1"
             names.append(name)
             self._spawn(f"celery-{queue}", [
-                sys.executable, "-m", "celery", "-A", "glucoscope", "worker", "-Q", queue, "-n", name,
+                "nice", "-n", str(config.worker_nice), sys.executable, "-m", "celery", "-A", "glucoscope", "worker", "-Q", queue, "-n", name,
                 "--pool=prefork" if processes > 1 else "--pool=solo", f"--concurrency={processes}",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
             ])

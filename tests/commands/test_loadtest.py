@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from glucoscope.loadtest.report import final_line, percentile
@@ -65,6 +66,8 @@ def test_short_run_stores_every_acknowledged_reading_and_ends_with_the_verdict()
     for endpoint in ("POST /api/v1/readings (1 reading)", "POST /api/v1/readings (1,000 readings)",
                      "GET /api/v1/patients", "GET /api/v1/patients/{id}/forecast", "GET /care/ "):
         assert f"| {endpoint.strip()} |" in table, endpoint
+    # The Celery workers ran below the web tier's priority.
+    assert "notifications=1 at nice 10," in table
     # Both clinicians passed the password and the TOTP step of /care/ and reached the dashboard.
     assert "2 of 2 signed in (2 with a TOTP code)" in table
     # The command stopped the gunicorn it started: nothing answers on its port any more.
@@ -72,6 +75,11 @@ def test_short_run_stores_every_acknowledged_reading_and_ends_with_the_verdict()
     assert server, run.stderr[-3000:]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.group(1)}/healthz", timeout=2)
+
+
+def test_a_worker_niceness_outside_0_to_19_is_refused_before_anything_starts() -> None:
+    with pytest.raises(CommandError, match="--worker-nice must be 0-19, got 25"):
+        call_command("loadtest", "--worker-nice", "25")
 
 
 def test_the_verdict_line_reads_the_same_when_the_database_could_not_be_counted() -> None:

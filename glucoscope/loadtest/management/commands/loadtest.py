@@ -79,6 +79,8 @@ class Command(BaseCommand):
         parser.add_argument("--web-threads", type=int, default=int(env("LOADTEST_WEB_THREADS", 4)), help="threads per gunicorn process (4)")
         parser.add_argument("--celery", default=os.environ.get("LOADTEST_CELERY", "ingest=1,forecasting=1,notifications=1"),
                             help="worker processes per queue (ingest=1,forecasting=1,notifications=1)")
+        parser.add_argument("--worker-nice", type=int, default=int(env("LOADTEST_WORKER_NICE", 10)),
+                            help="niceness of the Celery workers, 0-19: they yield the cores to the web tier (10)")
         parser.add_argument("--conn-max-age", type=int, default=int(env("LOADTEST_CONN_MAX_AGE", 60)),
                             help="DATABASE_CONN_MAX_AGE for the servers (60)")
         parser.add_argument("--drain-seconds", type=float, default=env("LOADTEST_DRAIN_SECONDS", 30),
@@ -89,6 +91,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.began = time.monotonic()
+        if not 0 <= options["worker_nice"] <= 19:
+            raise CommandError(f"--worker-nice must be 0-19, got {options['worker_nice']}")
         name = str(connection.settings_dict["NAME"])
         if connection.vendor != "postgresql":
             raise CommandError("loadtest needs PostgreSQL; set DATABASE_URL=postgres://… (see `make loadtest`)")
@@ -105,7 +109,7 @@ class Command(BaseCommand):
         config = StackConfig(
             database_url=_database_url(), redis_url=settings.REDIS_URL, secret_key=settings.SECRET_KEY,
             web_workers=options["web_workers"], web_threads=options["web_threads"], conn_max_age=options["conn_max_age"],
-            celery=_queues(options["celery"]),
+            celery=_queues(options["celery"]), worker_nice=options["worker_nice"],
         )
         log_dir = Path(tempfile.mkdtemp(prefix="glucoscope-loadtest-"))
         stack = Stack(config, base_dir=Path(settings.BASE_DIR), log_dir=log_dir)
@@ -200,7 +204,7 @@ class Command(BaseCommand):
               f"clinicians thinking ~{workload.think_time:g} s")
         write(f"Stack: gunicorn {config.web_workers} × gthread {config.web_threads}, Celery "
               + ", ".join(f"{q}={n}" for q, n in config.celery.items())
-              + f", DATABASE_CONN_MAX_AGE={config.conn_max_age}; {os.cpu_count()} CPU cores; "
+              + f" at nice {config.worker_nice}, DATABASE_CONN_MAX_AGE={config.conn_max_age}; {os.cpu_count()} CPU cores; "
               f"load average before {load_before[0]:.2f}, after {_load()}\n")
         for line in report.endpoint_table(results):
             write(line)
