@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from glucoscope.observability.metrics import observe_delivery
@@ -138,8 +138,24 @@ def devices_deactivate(*, token_ids: Iterable[int], reason: str) -> int:
 
 
 def preference_for(*, patient: Patient) -> Preference:
-    preference, _ = Preference.objects.get_or_create(patient=patient)
-    return preference
+    return preferences_for(patients=[patient])[patient.pk]
+
+
+def preferences_for(*, patients: Sequence[Patient]) -> dict[int, Preference]:
+    """Each patient's preferences by patient id, created with the defaults where missing.
+
+    One SELECT when all exist; otherwise one INSERT … ON CONFLICT DO NOTHING (a concurrent creator
+    wins without an IntegrityError) and one re-read of the missing ones.
+    """
+    by_id = {patient.pk: patient for patient in patients}
+    found = {p.patient_id: p for p in Preference.objects.filter(patient_id__in=list(by_id))}
+    missing = [pk for pk in by_id if pk not in found]
+    if missing:
+        Preference.objects.bulk_create([Preference(patient_id=pk) for pk in missing], ignore_conflicts=True)
+        found.update((p.patient_id, p) for p in Preference.objects.filter(patient_id__in=missing))
+    for pk, preference in found.items():
+        preference.patient = by_id[pk]  # callers read preference.patient (time zone) without another query
+    return found
 
 
 def _parse_time(field: str, value: object) -> time | None:
@@ -716,57 +732,133 @@ def _tip_reward(notification_id: int, reward: float, *, only_if_unset: bool) -> 
 
 # --- Alert rules: episodes, dedupe, cooldowns ------------------------------------------------
 
-
-def _recent_readings(patient: Patient, now: datetime) -> list[rules.Reading]:
-    from glucoscope.readings.models import GlucoseReading, SensorFlag
-
-    rows = GlucoseReading.objects.filter(
-        patient=patient, measured_at__gt=now - READINGS_LOOKBACK, measured_at__lte=now, is_calibration=False
-    ).order_by("measured_at").values_list("measured_at", "value_mgdl", "sensor_flag")
-    out = []
-    for measured_at, value, flag in rows:
-        if flag == SensorFlag.LOW:
-            value = rules.SENSOR_LOW_MGDL
-        elif flag == SensorFlag.HIGH:
-            value = rules.SENSOR_HIGH_MGDL
-        if value is not None:
-            out.append(rules.Reading(measured_at, float(value)))
-    return out
+# Patients loaded per round of queries: bounds the rows held at once (the stale-sensor sweep passes
+# thousands of ids; a forecasting task at most 100).
+ALERT_BATCH_SIZE = 200
 
 
-def _predicted_low(patient: Patient, now: datetime) -> tuple[float | None, int | None]:
-    """P(<70 in 30 min) of the latest recent forecast, and the forecasting stage's predicted_low event for it."""
-    from forecasting.models import ForecastEvent, RiskAssessment
+@dataclass(frozen=True, slots=True)
+class _AlertInputs:
+    """What the rules need for a batch of patients, loaded in a fixed number of queries."""
 
-    risk = (
-        RiskAssessment.objects.filter(forecast__patient=patient, forecast__origin__gte=now - rules.RECENT)
-        .order_by("-forecast__origin").values_list("forecast_id", "below_70_30min").first()
-    )
-    if risk is None:
-        return None, None
-    event_id = ForecastEvent.objects.filter(
-        forecast_id=risk[0], kind=ForecastEvent.Kind.PREDICTED_LOW
-    ).values_list("pk", flat=True).first()
-    return float(risk[1]), event_id
+    preferences: dict[int, Preference]
+    readings: dict[int, list[rules.Reading]]  # by patient id, oldest first
+    risks: dict[int, tuple[float, int | None]]  # by patient id: P(<70 in 30 min), its predicted_low event id
+    app_active_users: set[int]
+    open_episodes: dict[int, dict[str, AlertEpisode]]  # by patient id, then kind
 
 
 def patients_evaluate_alerts(*, patient_ids: Sequence[int], now: datetime | None = None) -> list[int]:
     """Run the alert rules for these patients; returns the ids of the notifications created."""
     now = now or timezone.now()
+    ids = list(dict.fromkeys(patient_ids))
     created: list[int] = []
-    for patient in Patient.objects.filter(pk__in=patient_ids).select_related("user"):
-        created.extend(patient_evaluate_alerts(patient=patient, now=now))
+    for start in range(0, len(ids), ALERT_BATCH_SIZE):
+        patients = list(
+            Patient.objects.filter(pk__in=ids[start : start + ALERT_BATCH_SIZE]).select_related("user").order_by("pk")
+        )
+        created.extend(_evaluate_batch(patients, now))
     return created
 
 
 def patient_evaluate_alerts(*, patient: Patient, now: datetime) -> list[int]:
-    preference = preference_for(patient=patient)
-    probability, event_id = _predicted_low(patient, now)
-    app_active = DeviceToken.objects.filter(
-        user_id=patient.user_id, is_active=True, last_seen_at__gte=now - APP_ACTIVE_WITHIN
-    ).exists()
+    return _evaluate_batch([patient], now)
+
+
+def _evaluate_batch(patients: Sequence[Patient], now: datetime) -> list[int]:
+    """One alert per episode: open an episode when a condition starts, alert unless in cooldown, close it when it stops.
+
+    Episodes still active get their last_seen_at and ended ones their ended_at in one UPDATE each for
+    the whole batch; opening an episode (rare) stays one row at a time, because the unique open
+    episode per patient and kind is what tells two concurrent evaluations which one alerts.
+    """
+    if not patients:
+        return []
+    inputs = _alert_inputs(patients, now)
+    seen: list[int] = []
+    ended: list[int] = []
+    starting: list[tuple[Patient, rules.Conditions, list[str]]] = []
+    for patient in patients:
+        conditions = _conditions(patient, inputs, now)
+        open_episodes = inputs.open_episodes.get(patient.pk, {})
+        kinds: list[str] = []
+        for kind in rules.DEFAULT_COOLDOWN_MINUTES:
+            episode = open_episodes.get(kind)
+            if kind not in conditions.active:
+                if episode is not None:
+                    ended.append(episode.pk)
+            elif episode is not None:
+                seen.append(episode.pk)
+            else:
+                kinds.append(kind)
+        if kinds:
+            starting.append((patient, conditions, kinds))
+    if ended:
+        # Conditional: an episode a concurrent evaluation already closed keeps its own ended_at.
+        AlertEpisode.objects.filter(pk__in=ended, ended_at__isnull=True).update(ended_at=now)
+    if seen:
+        AlertEpisode.objects.filter(pk__in=seen).update(last_seen_at=now)
+    created: list[int] = []
+    for patient, conditions, kinds in starting:
+        created.extend(_open_episodes(patient, conditions, kinds, now))
+    return created
+
+
+def _alert_inputs(patients: Sequence[Patient], now: datetime) -> _AlertInputs:
+    from forecasting.models import ForecastEvent, RiskAssessment
+    from glucoscope.readings.models import GlucoseReading, SensorFlag
+
+    ids = [patient.pk for patient in patients]
+    preferences = preferences_for(patients=patients)
+    readings: dict[int, list[rules.Reading]] = defaultdict(list)
+    for patient_id, measured_at, value, flag in (
+        GlucoseReading.objects.filter(
+            patient_id__in=ids, measured_at__gt=now - READINGS_LOOKBACK, measured_at__lte=now, is_calibration=False
+        ).order_by("patient_id", "measured_at").values_list("patient_id", "measured_at", "value_mgdl", "sensor_flag")
+    ):
+        if flag == SensorFlag.LOW:
+            value = rules.SENSOR_LOW_MGDL
+        elif flag == SensorFlag.HIGH:
+            value = rules.SENSOR_HIGH_MGDL
+        if value is not None:
+            readings[patient_id].append(rules.Reading(measured_at, float(value)))
+    # The latest recent forecast per patient is picked in the database (LIMIT 1 per patient): a patient
+    # posting every few seconds has many forecasts in the window. Its predicted_low event comes along.
+    latest_forecast = (
+        RiskAssessment.objects.filter(forecast__patient_id=OuterRef("pk"), forecast__origin__gte=now - rules.RECENT)
+        .order_by("-forecast__origin").values("forecast_id")[:1]
+    )
+    event = ForecastEvent.objects.filter(
+        forecast_id=OuterRef("forecast_id"), kind=ForecastEvent.Kind.PREDICTED_LOW
+    ).values("pk")[:1]
+    risks = {
+        patient_id: (float(probability), event_id)
+        for patient_id, probability, event_id in (
+            RiskAssessment.objects.filter(
+                forecast_id__in=Patient.objects.filter(pk__in=ids).values(latest=Subquery(latest_forecast))
+            ).annotate(event_id=Subquery(event)).values_list("forecast__patient_id", "below_70_30min", "event_id")
+        )
+    }
+    app_active_users = set(
+        DeviceToken.objects.filter(
+            user_id__in=[patient.user_id for patient in patients], is_active=True, last_seen_at__gte=now - APP_ACTIVE_WITHIN
+        ).values_list("user_id", flat=True).distinct()
+    )
+    open_episodes: dict[int, dict[str, AlertEpisode]] = defaultdict(dict)
+    for episode in AlertEpisode.objects.filter(patient_id__in=ids, ended_at__isnull=True):
+        open_episodes[episode.patient_id][episode.kind] = episode
+    return _AlertInputs(
+        preferences=preferences, readings=readings, risks=risks, app_active_users=app_active_users,
+        open_episodes=open_episodes,
+    )
+
+
+def _conditions(patient: Patient, inputs: _AlertInputs, now: datetime) -> rules.Conditions:
+    preference = inputs.preferences[patient.pk]
+    probability, event_id = inputs.risks.get(patient.pk, (None, None))
     conditions = rules.evaluate(
-        readings=_recent_readings(patient, now), now=now, app_active=app_active, predicted_low_probability=probability,
+        readings=inputs.readings.get(patient.pk, []), now=now, app_active=patient.user_id in inputs.app_active_users,
+        predicted_low_probability=probability,
         thresholds=rules.thresholds_from_settings(
             low_mgdl=preference.low_threshold_mgdl, high_mgdl=preference.high_threshold_mgdl,
             predicted_low_probability=preference.predicted_low_probability,
@@ -774,22 +866,13 @@ def patient_evaluate_alerts(*, patient: Patient, now: datetime) -> list[int]:
     )
     if event_id is not None and "predicted_low" in conditions.details:
         conditions.details["predicted_low"]["forecast_event_id"] = event_id
-    return _apply_episodes(patient, conditions, now)
+    return conditions
 
 
-def _apply_episodes(patient: Patient, conditions: rules.Conditions, now: datetime) -> list[int]:
-    """One alert per episode: open an episode when a condition starts, alert unless in cooldown, close it when it stops."""
+def _open_episodes(patient: Patient, conditions: rules.Conditions, kinds: Sequence[str], now: datetime) -> list[int]:
+    """Open an episode per starting kind and alert for it, unless superseded or in cooldown."""
     created: list[int] = []
-    open_episodes = {e.kind: e for e in AlertEpisode.objects.filter(patient=patient, ended_at__isnull=True)}
-    for kind in rules.DEFAULT_COOLDOWN_MINUTES:
-        episode = open_episodes.get(kind)
-        if kind not in conditions.active:
-            if episode is not None:
-                AlertEpisode.objects.filter(pk=episode.pk, ended_at__isnull=True).update(ended_at=now)
-            continue
-        if episode is not None:
-            AlertEpisode.objects.filter(pk=episode.pk).update(last_seen_at=now)
-            continue
+    for kind in kinds:
         try:
             with transaction.atomic():
                 episode = AlertEpisode.objects.create(patient=patient, kind=kind, started_at=now, last_seen_at=now)

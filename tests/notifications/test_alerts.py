@@ -87,6 +87,43 @@ def test_the_patients_own_predicted_low_threshold_applies() -> None:
     assert alerts(patient) == []
 
 
+def patients_for_a_batch(count: int, now):  # type: ignore[no-untyped-def]
+    """`count` patients whose evaluation reads every input: readings, a forecast with risk and its
+    predicted_low event, an active app, an open low episode that goes on and an open high one that
+    ends; the last patient has an urgent low and no episode yet, so one alert is created per batch."""
+    patients = []
+    for _ in range(count - 1):
+        patient = PatientFactory()
+        add_readings(patient, [80, 70, 60], end=now)
+        forecast_with_risk(patient, 0.8, origin=now)
+        services.device_register(user=patient.user, token=f"tok-batch-{patient.pk}", platform="android")
+        for kind in (Kind.LOW, Kind.HIGH):
+            AlertEpisode.objects.create(patient=patient, kind=kind, started_at=now - timedelta(minutes=20),
+                                        last_seen_at=now - timedelta(minutes=5))
+        patients.append(patient)
+    urgent = PatientFactory()
+    add_readings(urgent, [70, 60, 52], end=now)
+    return [*patients, urgent]
+
+
+def test_a_batch_costs_the_same_number_of_queries_for_3_patients_as_for_12() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    now = timezone.now()
+    small, large = patients_for_a_batch(3, now), patients_for_a_batch(12, now)
+    counts = []
+    for batch in (small, large):
+        with CaptureQueriesContext(connection) as queries:
+            created = services.patients_evaluate_alerts(patient_ids=[p.pk for p in batch], now=now)
+        counts.append(len(queries))
+        assert [n.kind for n in Notification.objects.filter(pk__in=created)] == [Kind.URGENT_LOW]
+    assert counts[0] == counts[1], counts
+    steady = large[:-1]
+    assert set(AlertEpisode.objects.filter(patient__in=steady, ended_at__isnull=True).values_list("kind", "last_seen_at")) == {(Kind.LOW, now)}
+    assert AlertEpisode.objects.filter(patient__in=steady, kind=Kind.HIGH, ended_at=now).count() == len(steady)
+
+
 def local_now_at(patient, hour: int):  # type: ignore[no-untyped-def]
     """An instant today (or yesterday) when it is `hour`:00 in the patient's zone."""
     from zoneinfo import ZoneInfo
