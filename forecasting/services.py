@@ -9,15 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, Field, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from forecasting.models import Forecast, ForecastEvent, ForecastStatus, ModelVersion, RiskAssessment
@@ -95,16 +98,37 @@ def model_version_rollback(*, name: str = "forecaster") -> ModelVersion:
     return model_version_activate(name=name, version=previous.version)
 
 
+# The active version as this process last read it. Each call re-reads only the active row's id: one
+# small statement on the partial unique index, without the ORM's query building (several times the
+# round trip's cost here) or the metrics JSON (tens of kB) that loading the row decodes. The row is
+# loaded again only when the id changes (a version's artifact never changes under its id). So a
+# switch made by model_version_activate or model_version_rollback (one transaction) is seen by every
+# worker at its next batch, not after a cache expiry, and a version row that vanished (a test
+# database flushed under a long-lived worker) is never served from the cache.
+_active: dict[str, ModelVersion] = {}
+
+
+def _active_pk(name: str) -> int | None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {connection.ops.quote_name(ModelVersion._meta.db_table)} WHERE name = %s AND is_active", [name])
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
 def model_version_active(*, name: str = "forecaster") -> ModelVersion:
     """The active version; on a fresh install, the model shipped in forecasting/artifacts."""
+    cached = _active.get(name)
+    if cached is not None and _active_pk(name) == cached.pk:
+        return cached
     active = ModelVersion.objects.filter(name=name, is_active=True).first()
-    if active is not None:
-        return active
-    shipped = model_version_register(artifact_path=settings.FORECASTER_DEFAULT_ARTIFACT, name=name)
-    try:
-        return model_version_activate(name=name, version=shipped.version)
-    except IntegrityError:  # another worker activated concurrently; theirs is as good
-        return ModelVersion.objects.get(name=name, is_active=True)
+    if active is None:
+        shipped = model_version_register(artifact_path=settings.FORECASTER_DEFAULT_ARTIFACT, name=name)
+        try:
+            active = model_version_activate(name=name, version=shipped.version)
+        except IntegrityError:  # another worker activated concurrently; theirs is as good
+            active = ModelVersion.objects.get(name=name, is_active=True)
+    _active[name] = active
+    return active
 
 
 # One loaded network per worker process, reloaded only when the active version changes.
@@ -169,61 +193,150 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
         )
         outputs = forecaster.forecast_batch(readings).to_patient_forecasts()
         results.update({patient.pk: output for patient, output in zip(batch, outputs, strict=True)})
-    return [_store(patient, results[patient.pk], version, series=by_patient[patient.pk], now=now) for patient in patients]
+    return _store(patients, results, version, series=by_patient, now=now)
 
 
-def _store(patient: Patient, result: PatientForecast, version: ModelVersion, *, series: list[tuple[datetime, object]], now: datetime) -> Forecast:
-    origin = series[-1][0] if series else now.replace(microsecond=0)
-    fields = {
-        "status": result.status,
-        "reason": result.reason,
-        "points": [
-            {"minutes_ahead": p.minutes_ahead, "p10": round(p.p10, 1), "p50": round(p.p50, 1), "p90": round(p.p90, 1)}
-            for p in result.points
-        ],
-    }
-    with transaction.atomic():
-        forecast, created = Forecast.objects.get_or_create(
-            patient=patient, origin=origin, model_version=version, defaults=fields,
+def _store(
+    patients: Sequence[Patient], results: dict[int, PatientForecast], version: ModelVersion, *,
+    series: dict[int, list[tuple[datetime, object]]], now: datetime,
+) -> list[Forecast]:
+    """Store a batch's forecasts in one transaction and a fixed number of statements, whatever its size.
+
+    Exactly once per (patient, origin, model version), however many runs race on the same batch: the
+    run whose INSERT creates a forecast (or completes an insufficient one in place) is the only one
+    that adds its risk row and raises its events; the others return what is stored.
+    """
+    candidates: dict[int, Forecast] = {}
+    for patient in patients:
+        result, readings = results[patient.pk], series[patient.pk]
+        candidates[patient.pk] = Forecast(
+            patient=patient, model_version=version,
+            origin=readings[-1][0] if readings else now.replace(microsecond=0),
+            status=result.status, reason=result.reason,
+            points=[
+                {"minutes_ahead": p.minutes_ahead, "p10": round(p.p10, 1), "p50": round(p.p50, 1), "p90": round(p.p90, 1)}
+                for p in result.points
+            ],
         )
-        if not created and result.status == ForecastStatus.OK and forecast.status != ForecastStatus.OK:
-            # The context arrived after the newest reading (out of order, or back-filled): the origin's
-            # earlier "insufficient" forecast is completed in place. Conditional, so of two concurrent
-            # runs only one completes it and adds its risk row.
-            created = bool(
-                Forecast.objects.filter(pk=forecast.pk).exclude(status=ForecastStatus.OK).update(**fields)
+    with transaction.atomic():
+        created = _forecasts_insert_new(list(candidates.values()))
+        stored = {patient_id: candidates[patient_id] for patient_id in created}
+        conflicting = [f for patient_id, f in candidates.items() if patient_id not in created]
+        if conflicting:
+            # A new statement, so it sees the rows of the runs that the INSERT waited for.
+            stored.update({f.patient_id: f for f in Forecast.objects.filter(
+                reduce(operator.or_, (Q(patient_id=f.patient_id, origin=f.origin) for f in conflicting)),
+                model_version=version,
+            )})
+        # The context arrived after the newest reading (out of order, or back-filled): the origin's
+        # earlier "insufficient" forecast is completed in place, by whichever run locks it first.
+        completed = _forecasts_complete([
+            (stored[patient_id], candidates[patient_id]) for patient_id in stored.keys() - created
+            if results[patient_id].status == ForecastStatus.OK and stored[patient_id].status != ForecastStatus.OK
+        ])
+        fresh = [stored[patient_id] for patient_id in sorted(created | completed) if results[patient_id].status == ForecastStatus.OK]
+        RiskAssessment.objects.bulk_create([
+            # Assigning the forecast caches the risk on it (forecast.risk), for _raise_events and callers.
+            RiskAssessment(forecast=f, **{RISK_FIELDS[k]: v for k, v in results[f.patient_id].risk.items() if k in RISK_FIELDS})
+            for f in fresh
+        ])
+        _raise_events(fresh)
+    # A patient deleted while this ran has neither a created nor a stored row: nothing to return for it.
+    return [stored[patient.pk] for patient in patients if patient.pk in stored]
+
+
+_FORECAST_INSERT_FIELDS = ("patient", "origin", "model_version", "status", "reason", "points", "created_at")
+# The conflict target is the forecast_unique_per_origin constraint.
+_FORECAST_INSERT = (
+    "INSERT INTO {table} (patient_id, origin, model_version_id, status, reason, points, created_at) VALUES {rows}"
+    " ON CONFLICT (patient_id, origin, model_version_id) DO NOTHING RETURNING id, patient_id"
+)
+
+
+def _forecasts_insert_new(forecasts: list[Forecast]) -> set[int]:
+    """INSERT the forecasts whose (patient, origin, model version) is not stored; the patients of those inserted.
+
+    ON CONFLICT DO NOTHING waits for a concurrent run's uncommitted row of the same key and then skips
+    it, and RETURNING names exactly the rows this statement created (the ORM's bulk_create returns no
+    ids with ignore_conflicts). Rows go in patient order, so runs over overlapping batches take the
+    unique-index locks in the same order and cannot deadlock. The ids are set on the objects.
+    """
+    if not forecasts:
+        return set()
+    fields = [cast("Field[Any, Any]", Forecast._meta.get_field(name)) for name in _FORECAST_INSERT_FIELDS]
+    ordered = sorted(forecasts, key=lambda f: f.patient_id)
+    created: dict[int, int] = {}
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    # One statement on PostgreSQL; SQLite's bound-parameter limit may split a large batch.
+    size = connection.ops.bulk_batch_size(fields, ordered) or len(ordered)
+    with connection.cursor() as cursor:
+        for start in range(0, len(ordered), size):
+            chunk = ordered[start : start + size]
+            cursor.execute(
+                _FORECAST_INSERT.format(table=connection.ops.quote_name(Forecast._meta.db_table), rows=", ".join([row] * len(chunk))),
+                [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for obj in chunk for field in fields],
             )
-            forecast.refresh_from_db()
-        if created and result.status == ForecastStatus.OK:
-            RiskAssessment.objects.create(forecast=forecast, **{RISK_FIELDS[k]: v for k, v in result.risk.items() if k in RISK_FIELDS})
-            _raise_events(patient, forecast)
-    return forecast
+            created.update({patient_id: pk for pk, patient_id in cursor.fetchall()})
+    for forecast in forecasts:
+        if forecast.patient_id in created:
+            forecast.pk = created[forecast.patient_id]
+            forecast._state.adding, forecast._state.db = False, connection.alias
+    return set(created)
 
 
-def _raise_events(patient: Patient, forecast: Forecast) -> None:
-    """Raise `predicted_low` when the probability of <70 mg/dL within 30 min crosses the threshold upwards."""
+_COMPLETED_FIELDS = ["status", "reason", "points"]
+
+
+def _forecasts_complete(pairs: list[tuple[Forecast, Forecast]]) -> set[int]:
+    """Overwrite stored non-OK forecasts with OK ones computed now; the patients whose row this run completed.
+
+    The rows are locked (in id order) and re-checked first: of two runs, the second waits for the
+    first to commit, then finds the row OK and leaves it, so only one run adds its risk row.
+    """
+    if not pairs:
+        return set()
+    locked = set(
+        Forecast.objects.select_for_update().filter(pk__in=[stored.pk for stored, _ in pairs])
+        .exclude(status=ForecastStatus.OK).order_by("pk").values_list("pk", flat=True)
+    )
+    completed = []
+    for stored, computed in pairs:
+        if stored.pk in locked:
+            for field in _COMPLETED_FIELDS:
+                setattr(stored, field, getattr(computed, field))
+            completed.append(stored)
+    Forecast.objects.bulk_update(completed, _COMPLETED_FIELDS)
+    return {stored.patient_id for stored in completed}
+
+
+def _raise_events(forecasts: list[Forecast]) -> None:
+    """Raise `predicted_low` where the probability of <70 mg/dL within 30 min crosses the threshold upwards.
+
+    Upwards means from the patient's previous origin (any model version): one event per crossing, not
+    one per reading of the same episode. The previous risks of the whole batch come in one query.
+    """
     threshold = settings.PREDICTED_LOW_RISK_THRESHOLD
-    probability = forecast.risk.below_70_30min
-    if probability < threshold:
+    crossing = [f for f in forecasts if f.risk.below_70_30min >= threshold]
+    if not crossing:
         return
-    previous = (
-        RiskAssessment.objects.filter(forecast__patient=patient, forecast__origin__lt=forecast.origin)
-        .order_by("-forecast__origin").values_list("below_70_30min", flat=True).first()
+    earlier = RiskAssessment.objects.filter(forecast__patient=OuterRef("patient"), forecast__origin__lt=OuterRef("origin"))
+    previous = dict(
+        Forecast.objects.filter(pk__in=[f.pk for f in crossing])
+        .annotate(previous=Subquery(earlier.order_by("-forecast__origin").values("below_70_30min")[:1]))
+        .values_list("pk", "previous")
     )
-    if previous is not None and previous >= threshold:
-        return  # still the same episode: one event per crossing, not one per reading
-    ForecastEvent.objects.get_or_create(
-        forecast=forecast, kind=ForecastEvent.Kind.PREDICTED_LOW,
-        defaults={"patient": patient, "probability": probability, "threshold": threshold},
+    ForecastEvent.objects.bulk_create(
+        [
+            ForecastEvent(forecast=f, patient_id=f.patient_id, kind=ForecastEvent.Kind.PREDICTED_LOW,
+                          probability=f.risk.below_70_30min, threshold=threshold)
+            for f in crossing if previous[f.pk] is None or previous[f.pk] < threshold
+        ],
+        ignore_conflicts=True,  # a forecast's event is raised once (forecast_event_once)
     )
-
-
 
 
 def patients_with_stale_forecast(*, within: timedelta = timedelta(minutes=30)) -> list[int]:
     """Patients with a reading in the last `within` whose latest forecast starts before that reading."""
-    from django.db.models import Exists, OuterRef
-
     from glucoscope.readings.models import PatientSummary
 
     now = timezone.now()

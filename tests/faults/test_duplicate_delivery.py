@@ -5,6 +5,8 @@ outbox sweeper can enqueue a patient again. These tests run two deliveries of th
 concurrently, on PostgreSQL, and hold both at the point where they would collide:
 - two `forecasting.forecast_patients` runs for one patient wait on the same unique key (this test
   holds it), then race when it is released: one Forecast, one RiskAssessment;
+- two runs over the same batch of patients (ids given in opposite orders) block on the first patient's
+  key and race when it is released: one Forecast, RiskAssessment and event per patient;
 - two sends of one notification: the second arrives while the first is mid-push (the FCM stub
   holds the response) and must not push, so the phone gets one push.
 The same batch posted twice concurrently is covered in tests/integration/test_worker_processing.py
@@ -25,7 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from forecasting.models import Forecast, ForecastEvent, RiskAssessment
-from forecasting.services import model_version_active
+from forecasting.services import model_version_active, patients_forecast
 from forecasting.tasks import forecast_patients
 from glucoscope.patients.models import Role
 from glucoscope.readings.batches import Uploader, reading_batch_ingest
@@ -81,6 +83,36 @@ def test_the_same_forecast_task_delivered_twice_at_once_stores_one_forecast(faul
     assert forecast.origin == origin
     assert RiskAssessment.objects.filter(forecast__patient=patient).count() == 1
     assert ForecastEvent.objects.filter(patient=patient).count() <= 1
+
+
+def test_the_same_batch_forecast_twice_at_once_stores_one_forecast_per_patient(real_services: None, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.PREDICTED_LOW_RISK_THRESHOLD = 0.0  # every new forecast raises an event, so a second one would show
+    patients = sorted((PatientFactory() for _ in range(8)), key=lambda p: p.pk)
+    version = model_version_active()
+    origin = (timezone.now() - timedelta(minutes=1)).replace(microsecond=0)
+    for patient in patients:
+        items = [{"timestamp": (origin - timedelta(minutes=5 * i)).isoformat(), "value": 150 - 3 * i, "unit": "mg/dL"}
+                 for i in range(13)]
+        reading_batch_ingest(uploader=Uploader(source=ReadingSource.APP, patient_id=patient.pk), items=items)
+    ids = [p.pk for p in patients]
+    now = origin + timedelta(minutes=1)
+
+    # A run inserts its rows in patient order, whatever the order of the ids it was given, so both
+    # wait on the first patient's key and neither holds a key the other will wait for (no deadlock).
+    with forecast_key_held(patient_id=ids[0], origin=origin, model_version_id=version.pk):
+        runs = [in_thread(lambda order=order: patients_forecast(patient_ids=order, now=now)) for order in (ids, ids[::-1])]
+        with django_test_db_connect(autocommit=True) as observer:
+            wait_until(lambda: backends_waiting_to_insert(observer, Forecast._meta.db_table) == 2, timeout=120,
+                       what="both runs to reach the forecasts' INSERT")
+    for thread, _ in runs:
+        thread.join(timeout=60)
+    for _, outcome in runs:
+        assert len(outcome) == 1 and isinstance(outcome[0], list), outcome
+        assert sorted(f.patient_id for f in outcome[0]) == ids and {f.status for f in outcome[0]} == {"ok"}
+
+    assert sorted(Forecast.objects.filter(patient__in=patients).values_list("patient_id", flat=True)) == ids
+    assert sorted(RiskAssessment.objects.filter(forecast__patient__in=patients).values_list("forecast__patient_id", flat=True)) == ids
+    assert sorted(ForecastEvent.objects.filter(patient__in=patients).values_list("patient_id", flat=True)) == ids
 
 
 def test_a_send_delivered_again_while_the_first_is_mid_push_does_not_push_twice(
