@@ -12,3 +12,5 @@ app.autodiscover_tasks()
 
 # Request ids in task headers, task ids in worker log lines, workers logging with settings.LOGGING.
 import glucoscope.observability.celery_signals  # noqa: E402,F401
+# Workers keep their database connections between tasks, recycled as Django does between requests.
+import glucoscope.database_connections  # noqa: E402,F401

@@ -150,6 +150,12 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection before and after every task unless this
+# is set; a fresh PostgreSQL connection per task (a forked backend, authentication and the
+# per-connection staging table) cost more CPU than the tasks themselves under the load test.
+# Workers now keep connections as web requests do, recycled by glucoscope/database_connections.py
+# according to DATABASE_CONN_MAX_AGE and the health checks.
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 60)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90)
 # Must exceed the longest task, countdown or ETA, or Redis redelivers tasks still running.
