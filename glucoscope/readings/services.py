@@ -217,6 +217,31 @@ SET dirty_at = excluded.dirty_at, version = {_OUTBOX_TABLE}.version + 1
 """
 
 
+def _outbox_rows_in_lock_order(condition: str) -> str:
+    """A WHERE clause for a multi-row UPDATE or DELETE of outbox rows that locks them in patient id order.
+
+    Every writer of the outbox must lock rows in the same order, or two statements over
+    overlapping patients can deadlock, and PostgreSQL then cancels one of them: an ingest would
+    answer 503. The ingest's upsert and `outbox_take` lock in id order; a plain UPDATE or DELETE
+    locks in whatever order its scan finds the rows, so it takes its locks in a sorted
+    `FOR UPDATE` subquery first (which also re-checks `condition` against a row that changed
+    while it waited). SQLite locks the whole database and needs none of this.
+    """
+    if not connection.features.has_select_for_update:
+        return condition
+    return f"patient_id IN (SELECT patient_id FROM {_OUTBOX_TABLE} WHERE {condition} ORDER BY patient_id FOR UPDATE)"
+
+
+def _outbox_release(patient_ids: Sequence[int], *, also_untake: bool = False) -> None:
+    """Clear the enqueued mark (and the taken mark) of these rows, so the sweeper or a new claim sends them."""
+    if not patient_ids:
+        return
+    assignments = "enqueued_at = NULL" + (", taken_at = NULL" if also_untake else "")
+    where = _outbox_rows_in_lock_order(f"patient_id IN ({', '.join(['%s'] * len(patient_ids))})")
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {_OUTBOX_TABLE} SET {assignments} WHERE {where}", list(patient_ids))
+
+
 def outbox_mark(*, patient_ids: Iterable[int], cursor=None) -> None:  # type: ignore[no-untyped-def]
     """Mark patients as having new data, inside the caller's transaction, then enqueue on commit.
 
@@ -253,11 +278,12 @@ def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | N
     placeholders = ", ".join(["%s"] * len(patient_ids))
     condition = "enqueued_at IS NULL" if stale_before is None else "(enqueued_at IS NULL OR enqueued_at < %s)"
     params: list[Any] = [now, *patient_ids] + ([stale_before] if stale_before else [])
+    where = _outbox_rows_in_lock_order(f"patient_id IN ({placeholders}) AND {condition}")
     with connection.cursor() as cursor:
         # A re-sent row is free to be taken again: the task that took it is presumed lost.
         cursor.execute(
             f"UPDATE {_OUTBOX_TABLE} SET enqueued_at = %s, taken_at = NULL, attempts = attempts + 1"
-            f" WHERE patient_id IN ({placeholders}) AND {condition} RETURNING patient_id",
+            f" WHERE {where} RETURNING patient_id",
             params,
         )
         return [row[0] for row in cursor.fetchall()]
@@ -270,7 +296,7 @@ def _publish(patient_ids: Sequence[int]) -> None:
     from glucoscope.readings.tasks import process_patients
 
     if time.monotonic() < _broker_unavailable_until:
-        PatientOutbox.objects.filter(patient_id__in=list(patient_ids)).update(enqueued_at=None)
+        _outbox_release(patient_ids)
         return
     per_task = settings.OUTBOX_PATIENTS_PER_TASK
     for start in range(0, len(patient_ids), per_task):
@@ -282,7 +308,7 @@ def _publish(patient_ids: Sequence[int]) -> None:
                 raise
             _broker_unavailable_until = time.monotonic() + _BROKER_BACKOFF_SECONDS
             unsent = list(patient_ids[start:])
-            PatientOutbox.objects.filter(patient_id__in=unsent).update(enqueued_at=None)
+            _outbox_release(unsent)
             logger.warning("Broker unavailable (%s); %d patients left to the outbox sweeper", exc, len(unsent))
             return
 
@@ -358,12 +384,13 @@ def outbox_complete(*, versions: dict[int, int]) -> None:
     # One statement for the whole batch (tasks carry up to OUTBOX_PATIENTS_PER_TASK patients).
     condition = " OR ".join(["(patient_id = %s AND version = %s)"] * len(versions))
     params = [value for pair in versions.items() for value in pair]
+    where = _outbox_rows_in_lock_order(f"({condition})")
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {_OUTBOX_TABLE} WHERE {condition} RETURNING patient_id", params)
+        cursor.execute(f"DELETE FROM {_OUTBOX_TABLE} WHERE {where} RETURNING patient_id", params)
         released = {row[0] for row in cursor.fetchall()}
     rerun = [patient_id for patient_id in versions if patient_id not in released]
     if rerun:
-        PatientOutbox.objects.filter(patient_id__in=rerun).update(enqueued_at=None, taken_at=None)
+        _outbox_release(rerun, also_untake=True)
         outbox_enqueue(patient_ids=rerun)
 
 
@@ -382,7 +409,9 @@ def patient_summaries_refresh(*, patient_ids: Sequence[int]) -> None:
         readings.filter(measured_at__gt=now - timedelta(hours=24), measured_at__lte=now)
         .order_by().values("patient").annotate(n=Count("pk")).values("n")
     )
-    rows = Patient.objects.filter(pk__in=patient_ids).annotate(
+    # Upserted in patient id order, as every multi-row writer here locks rows, so two refreshes over
+    # overlapping patients cannot deadlock.
+    rows = Patient.objects.filter(pk__in=patient_ids).order_by("pk").annotate(
         latest_id=Subquery(readings.order_by("-measured_at").values("pk")[:1]),
         count_24h=Subquery(last_24h, output_field=IntegerField()),
     ).values_list("pk", "latest_id", "count_24h")

@@ -154,3 +154,50 @@ def test_a_task_waits_for_an_ingest_committing_on_its_patient_instead_of_skippin
     task.join(timeout=10)
     assert waited, "the task must wait for the committing ingest, not skip the locked row"
     assert taken == [patient.pk]
+
+
+def test_releasing_a_batch_takes_its_row_locks_in_patient_order_so_an_ingest_cannot_deadlock_it(
+    real_services: None, transactional_db: None,
+) -> None:
+    """Seen in the load test: a batch's DELETE locked rows in scan order, an ingest upserts in id order,
+    PostgreSQL cancelled the ingest as a deadlock victim and the phone got a 503."""
+    import psycopg
+
+    first, second = PatientFactory(), PatientFactory()
+    assert first.pk < second.pk
+    now = timezone.now()
+    # Stored second-then-first, so a plain DELETE scanning the table would lock `second` first.
+    PatientOutbox.objects.create(patient=second, dirty_at=now, enqueued_at=now, taken_at=now)
+    PatientOutbox.objects.create(patient=first, dirty_at=now, enqueued_at=now, taken_at=now)
+    database = connection.settings_dict
+    params = {"host": database["HOST"], "port": database["PORT"], "user": database["USER"], "dbname": database["NAME"]}
+    errors: list[Exception] = []
+
+    def release() -> None:
+        try:
+            services.outbox_complete(versions={second.pk: 1, first.pk: 1})
+        except Exception as exc:  # noqa: BLE001  (the assertion below reports it)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    ingest = psycopg.connect(**params)
+    try:
+        # The ingest holds `first` (as its upsert does, in id order) without changing its version.
+        ingest.execute("UPDATE readings_patientoutbox SET dirty_at = now() WHERE patient_id = %s", [first.pk])
+        task = threading.Thread(target=release)
+        task.start()
+        with psycopg.connect(**params, autocommit=True) as observer:
+            wait_for(lambda: observer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                [database["NAME"]],
+            ).fetchone()[0] == 1, timeout=10)
+        # Then the next row in id order. Had the release locked `second` before waiting for `first`,
+        # this would close a cycle and PostgreSQL would cancel one of the two.
+        ingest.execute("UPDATE readings_patientoutbox SET dirty_at = now() WHERE patient_id = %s", [second.pk])
+        ingest.commit()
+    finally:
+        ingest.close()
+    task.join(timeout=10)
+    assert not errors, errors
+    assert not PatientOutbox.objects.exists()  # both versions still matched, so both rows were released
