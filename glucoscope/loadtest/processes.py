@@ -32,7 +32,7 @@ class StackConfig:
     redis_url: str
     secret_key: str
     web_workers: int = 2
-    web_threads: int = 4
+    web_threads: int = 16
     conn_max_age: int = 60
     # queue name -> worker processes for it
     celery: dict[str, int] = field(default_factory=lambda: {"ingest": 1, "forecasting": 1, "notifications": 1})

@@ -76,7 +76,8 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=int(env("LOADTEST_BATCH_SIZE", 1000)), help="readings per vendor batch (1000)")
         parser.add_argument("--think-time", type=float, default=env("LOADTEST_THINK_TIME", 3.0), help="clinicians' mean pause, s (3)")
         parser.add_argument("--web-workers", type=int, default=int(env("LOADTEST_WEB_WORKERS", 2)), help="gunicorn processes (2)")
-        parser.add_argument("--web-threads", type=int, default=int(env("LOADTEST_WEB_THREADS", 4)), help="threads per gunicorn process (4)")
+        parser.add_argument("--web-threads", type=int, default=int(env("LOADTEST_WEB_THREADS", 16)),
+                            help="threads per gunicorn process (16: a request mostly waits on PostgreSQL, so in-flight requests, not cores, cap throughput at 4)")
         parser.add_argument("--celery", default=os.environ.get("LOADTEST_CELERY", "ingest=1,forecasting=1,notifications=1"),
                             help="worker processes per queue (ingest=1,forecasting=1,notifications=1)")
         parser.add_argument("--worker-nice", type=int, default=int(env("LOADTEST_WORKER_NICE", 10)),
