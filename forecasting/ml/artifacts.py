@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,20 @@ def save_artifact(
         }
     )
     json_path = directory / f"{name}.json"
-    json_path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=float) + "\n")
+    json_path.write_text(json.dumps(_finite_or_null(meta), indent=2, sort_keys=True, default=float, allow_nan=False) + "\n")
     return json_path
+
+
+def _finite_or_null(value: Any) -> Any:
+    """NaN and infinity (an undefined metric, e.g. precision with no alerts) as null: strict JSON, which
+    PostgreSQL's json type and other readers accept, instead of Python's NaN extension."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def load_artifact(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

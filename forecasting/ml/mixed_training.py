@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 class MixedTrainingConfig:
     """Hyperparameters of the stage-2 fine-tune (saved in the artifact)."""
 
-    epochs: int = 4
+    epochs: int = 8
     samples_per_epoch: int = 150_000
     batch_size: int = 512
     #: Share of every batch drawn from simulated windows.

@@ -161,3 +161,13 @@ def test_personalisation_needs_seven_days_and_reports_later_day_rmse(trained: Qu
     before = {k: v.clone() for k, v in f.network.state_dict().items()}
     fine_tune(f, long, FineTuneConfig(steps=3, batch_size=16))
     assert all(torch.equal(before[k], v) for k, v in f.network.state_dict().items())
+
+
+def test_undefined_metrics_are_saved_as_null_so_the_metadata_is_strict_json(trained: QuantileForecasterTrainer, tmp_path: Path) -> None:
+    # Precision is undefined for a group where the model raised no alert; PostgreSQL's json type refuses NaN.
+    meta = trained.metadata() | {"version": "t", "metrics_held_out": [{"precision": float("nan"), "rmse": 12.5}]}
+    path = save_artifact(tmp_path, "forecaster", trained.network_, "patch_gru", meta)
+    text = path.read_text()
+    assert "NaN" not in text
+    _network, loaded = load_artifact(path)
+    assert loaded["metrics_held_out"] == [{"precision": None, "rmse": 12.5}]

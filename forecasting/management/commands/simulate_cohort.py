@@ -21,7 +21,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--cache-dir", default="var/simglucose", help="output folder (outside git)")
-        parser.add_argument("--days", type=float, default=5.0, help="simulated days per patient")
+        parser.add_argument("--days", type=float, default=20.0, help="simulated days per patient (20)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
             "--patients",

@@ -112,6 +112,6 @@ class Command(BaseCommand):
                 mixed=mixed,
                 warm_start=warm_start,
             )
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:  # e.g. a --warm-start JSON whose weights file is missing
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(f"Model saved: {path}"))
