@@ -44,6 +44,10 @@ RISK_FIELDS = {
 }
 ERR_UNKNOWN_VERSION = "No model version {version!r}; `manage.py model_versions list` shows the registered ones."
 ERR_NO_PREVIOUS = "There is no earlier version to roll back to."
+ERR_ARTIFACT_CHANGED = (
+    "Model version {version} was registered from {path}, which now holds a different model; register the file "
+    "under its own version (`manage.py model_versions register`) or restore the original artifact."
+)
 
 
 def _resolve_artifact(path: str) -> Path:
@@ -121,7 +125,9 @@ def model_version_active(*, name: str = "forecaster") -> ModelVersion:
     if cached is not None and _active_pk(name) == cached.pk:
         return cached
     active = ModelVersion.objects.filter(name=name, is_active=True).first()
-    if active is None:
+    if active is None or _superseded_default(active):
+        # A fresh install, or an upgrade that shipped a new default model over the file the active
+        # (earlier default) version was registered from: the shipped model becomes the active version.
         shipped = model_version_register(artifact_path=settings.FORECASTER_DEFAULT_ARTIFACT, name=name)
         try:
             active = model_version_activate(name=name, version=shipped.version)
@@ -129,6 +135,14 @@ def model_version_active(*, name: str = "forecaster") -> ModelVersion:
             active = ModelVersion.objects.get(name=name, is_active=True)
     _active[name] = active
     return active
+
+
+def _superseded_default(version: ModelVersion) -> bool:
+    """True when `version` was registered from the shipped default artifact and that file now holds another model."""
+    default = _resolve_artifact(str(settings.FORECASTER_DEFAULT_ARTIFACT))
+    if _resolve_artifact(version.artifact_path) != default:
+        return False
+    return json.loads(default.read_text()).get("sha256") != version.checksum
 
 
 # One loaded network per worker process, reloaded only when the active version changes.
@@ -139,8 +153,13 @@ def forecaster_for(version: ModelVersion):  # type: ignore[no-untyped-def]
     from forecasting.ml.inference import Forecaster
 
     if version.pk not in _loaded:
+        forecaster = Forecaster.load(_resolve_artifact(version.artifact_path))
+        if forecaster.metadata.get("sha256") != version.checksum:
+            # The file was replaced after the version was registered (e.g. rolling back to a default
+            # model that a newer one has overwritten): serving it would mislabel every forecast.
+            raise ValueError(ERR_ARTIFACT_CHANGED.format(version=version.version, path=version.artifact_path))
         _loaded.clear()
-        _loaded[version.pk] = Forecaster.load(_resolve_artifact(version.artifact_path))
+        _loaded[version.pk] = forecaster
     return _loaded[version.pk]
 
 

@@ -161,3 +161,24 @@ def test_patients_forecast_in_one_batch_equals_each_patient_alone(world: World) 
         for field in ("below_70_30min", "below_54_60min", "above_250_60min"):
             assert abs(getattr(together[pk].risk, field) - getattr(alone[pk].risk, field)) < 1e-6
     assert together[world.alice.pk].points != together[world.bob.pk].points
+
+
+def test_an_upgrade_that_ships_a_new_default_model_registers_and_activates_it() -> None:
+    from django.conf import settings
+    from django.utils import timezone
+
+    # As left by an earlier release: its default model registered from the same path, with its own checksum.
+    ModelVersion.objects.create(
+        name="forecaster", version="0.9.0-old-default", checksum="0" * 64,
+        artifact_path=settings.FORECASTER_DEFAULT_ARTIFACT, metrics={}, training_summary={},
+        is_active=True, activated_at=timezone.now(),
+    )
+    services._active.clear()
+    active = services.model_version_active()
+    shipped = json.loads((settings.BASE_DIR / settings.FORECASTER_DEFAULT_ARTIFACT).read_text())
+    assert (active.version, active.checksum) == (shipped["version"], shipped["sha256"])
+    assert list(ModelVersion.objects.filter(is_active=True).values_list("version", flat=True)) == [shipped["version"]]
+    # Rolling back to the old default would serve the new file under the old label: refused.
+    services.model_version_rollback()
+    with pytest.raises(ValueError, match="now holds a different model"):
+        services.forecaster_for(ModelVersion.objects.get(version="0.9.0-old-default"))
