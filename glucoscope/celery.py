@@ -10,7 +10,8 @@ app = Celery("glucoscope")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Request ids in task headers, task ids in worker log lines, workers logging with settings.LOGGING.
-import glucoscope.observability.celery_signals  # noqa: E402,F401
-# Workers keep their database connections between tasks, recycled as Django does between requests.
-import glucoscope.database_connections  # noqa: E402,F401
+# Signal handlers: workers keep their database connections between tasks, recycled as Django does
+# between requests; request ids travel in task headers, task ids in worker log lines, and workers
+# log with settings.LOGGING.
+import glucoscope.database_connections  # noqa: E402
+import glucoscope.observability.celery_signals  # noqa: E402, F401
