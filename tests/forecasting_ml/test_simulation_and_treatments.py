@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from forecasting.ml.data import build_grid, read_cgm_csv
+from forecasting.ml.data import SubjectReadings, build_grid, read_cgm_csv
 from forecasting.ml.datasets import TREATMENT_START, Scaler, WindowConfig, grid_features
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.mixed_training import MixedFineTuner, MixedTrainingConfig, widen_for_treatments
@@ -105,14 +106,20 @@ def test_widening_keeps_the_glucose_only_function() -> None:
         assert not torch.equal(same, wide(torch.cat([x, torch.ones(4, 24, 3)], dim=-1)))
 
 
-def test_stage_two_fine_tunes_on_real_and_simulated_windows() -> None:
+def _fine_tune_tiny(**config: Any) -> tuple[PatchGRUForecaster, MixedFineTuner, dict[str, SubjectReadings], dict[str, SubjectReadings]]:
+    """Stage 2 on two tiny real and two tiny simulated subjects (seeded): the base, the tuner and the data."""
     torch.manual_seed(0)
     window = WindowConfig(context_steps=24, horizon_steps=24)
     base = PatchGRUForecaster(n_features=5, context_steps=24, horizon_steps=24, hidden=8, head_hidden=16, patch=6, recent_steps=6)
     real = {f"r{i}": synthetic_subject(f"r{i}", days=1.5, seed=i, cohort="real") for i in range(2)}
     sim = {f"s{i}": with_treatments(f"s{i}", seed=10 + i) for i in range(2)}
-    cfg = MixedTrainingConfig(epochs=2, samples_per_epoch=512, batch_size=128, val_samples=200, num_threads=1)
+    cfg = MixedTrainingConfig(epochs=2, samples_per_epoch=512, batch_size=128, val_samples=200, num_threads=1, **config)
     tuner = MixedFineTuner(cfg, progress=False).fit(base, window, Scaler(), real, {"rv": real["r1"]}, sim, {"sv": sim["s1"]})
+    return base, tuner, real, sim
+
+
+def test_stage_two_fine_tunes_on_real_and_simulated_windows() -> None:
+    _base, tuner, real, sim = _fine_tune_tiny()
     assert tuner.window_.use_treatments and tuner.network_.n_features == 8
     assert [h.epoch for h in tuner.history_] == [0, 1, 2]
     best = tuner.history_[tuner.best_epoch_]
@@ -123,14 +130,7 @@ def test_stage_two_fine_tunes_on_real_and_simulated_windows() -> None:
 
 
 def test_training_only_the_treatment_inputs_leaves_glucose_only_forecasts_unchanged() -> None:
-    torch.manual_seed(0)
-    window = WindowConfig(context_steps=24, horizon_steps=24)
-    base = PatchGRUForecaster(n_features=5, context_steps=24, horizon_steps=24, hidden=8, head_hidden=16, patch=6, recent_steps=6)
-    real = {f"r{i}": synthetic_subject(f"r{i}", days=1.5, seed=i, cohort="real") for i in range(2)}
-    sim = {f"s{i}": with_treatments(f"s{i}", seed=10 + i) for i in range(2)}
-    cfg = MixedTrainingConfig(epochs=2, samples_per_epoch=512, batch_size=128, val_samples=200, num_threads=1,
-                              treatment_inputs_only=True, learning_rate=1e-2, sim_fraction=0.5)
-    tuner = MixedFineTuner(cfg, progress=False).fit(base, window, Scaler(), real, {"rv": real["r1"]}, sim, {"sv": sim["s1"]})
+    base, tuner, _real, _sim = _fine_tune_tiny(treatment_inputs_only=True, learning_rate=1e-2, sim_fraction=0.5)
     assert {h.val_loss_real for h in tuner.history_} == {tuner.history_[0].val_loss_real}
     x = torch.randn(3, 24, 5)
     with torch.no_grad():
