@@ -17,6 +17,7 @@ from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from glucoscope.patients.credentials import nightscout_secret_digest, nightscout_token_digest
 from glucoscope.patients.models import NightscoutCredential, User, VendorApiKey
+from glucoscope.patients.selectors import user_get_with_patient
 
 GENERATION_CLAIM = "gen"
 ERR_REVOKED = "Token has been revoked; sign in again."
@@ -47,6 +48,7 @@ class VendorPrincipal(MachinePrincipal):
     """A vendor organisation's server, identified by one of its API keys."""
 
     vendor_id: int
+    vendor_name: str
     key_id: str
     role = "vendor"
 
@@ -86,7 +88,7 @@ class VendorApiKeyAuthentication(authentication.BaseAuthentication):
         now = timezone.now()
         if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_RESOLUTION:
             VendorApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
-        return VendorPrincipal(vendor_id=api_key.vendor_id, key_id=api_key.pk), api_key
+        return VendorPrincipal(vendor_id=api_key.vendor_id, vendor_name=api_key.vendor.name, key_id=api_key.pk), api_key
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
@@ -148,9 +150,7 @@ class RevocableJWTAuthentication(JWTAuthentication):
         except KeyError:
             raise InvalidToken("Token contained no recognizable user identification") from None
         try:
-            # get(), not first(): first() adds an ORDER BY whose compilation cost a third of the web
-            # tier's CPU under the load test.
-            user = User.objects.select_related("patient").get(**{jwt_settings.USER_ID_FIELD: user_id})
+            user = user_get_with_patient(user_id=user_id)
         except User.DoesNotExist:
             raise exceptions.AuthenticationFailed("User not found", code="user_not_found") from None
         if not user.is_active:

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 ERR_UNAVAILABLE = "The service is temporarily unavailable; retry shortly."
 ERR_NOT_FOUND = "Not found."
+RETRY_AFTER_SECONDS = "5"
 # API clients parse JSON; the care-team pages keep Django's HTML 404.
 API_PREFIXES = ("/api/", "/nightscout/")
 
@@ -22,8 +23,19 @@ API_PREFIXES = ("/api/", "/nightscout/")
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.error("Database unavailable: %s", exc)
-        return Response({"detail": ERR_UNAVAILABLE}, status=503, headers={"Retry-After": "5"})
+        return Response({"detail": ERR_UNAVAILABLE}, status=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
     return drf_exception_handler(exc, context)
+
+
+def database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """The 503 for a database error raised outside a DRF view (middleware: the audit write)."""
+    logger.error("Database unavailable: %s", exc)
+    if request.path.startswith(API_PREFIXES):
+        response: HttpResponse = JsonResponse({"detail": ERR_UNAVAILABLE}, status=503)
+    else:
+        response = HttpResponse(ERR_UNAVAILABLE, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -16,6 +16,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from api.authentication import NightscoutPrincipal, VendorPrincipal
+from glucoscope.cache import count_in_window
 from glucoscope.patients.models import User
 
 
@@ -32,11 +33,36 @@ def client_address(request: HttpRequest | Request) -> str:
 
 
 class _LiveRateThrottle(SimpleRateThrottle):
-    """Reads the rate on every request instead of once at import.
+    """A fixed-window counter per caller, with the rate read on every request.
+
+    DRF's SimpleRateThrottle keeps every request's timestamp in one cached list, read and written
+    back (pickled) on every request: two round trips to Redis, and for a busy key up to thousands
+    of floats each way. A counter per window is one round trip (INCR). The price is the usual one
+    of fixed windows: a caller can spend its budget at the end of one window and again at the
+    start of the next. `Retry-After` is the time left in the window.
 
     DRF copies DEFAULT_THROTTLE_RATES into a class attribute when the module is imported, so a
     changed setting (tests, or a reloaded configuration) would otherwise be ignored.
     """
+
+    wait_seconds: float = 0.0
+    # Set by SimpleRateThrottle.__init__ from the rate.
+    num_requests: int
+    duration: int
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        now = self.timer()
+        window_start = int(now // self.duration) * self.duration
+        self.wait_seconds = window_start + self.duration - now
+        return count_in_window(f"{self.key}:{window_start}", self.duration + 1) <= self.num_requests
+
+    def wait(self) -> float:
+        return self.wait_seconds
 
     def get_rate(self) -> str | None:
         rates = cast(dict[str, str | None], api_settings.DEFAULT_THROTTLE_RATES)

@@ -146,21 +146,23 @@ def _superseded_default(version: ModelVersion) -> bool:
 
 
 # One loaded network per worker process, reloaded only when the active version changes.
-_loaded: dict[int, object] = {}
+_loaded: dict[tuple[int, str], object] = {}
 
 
 def forecaster_for(version: ModelVersion):  # type: ignore[no-untyped-def]
     from forecasting.ml.inference import Forecaster
 
-    if version.pk not in _loaded:
+    # Keyed by checksum too: a row id alone can name another model once rows are deleted and ids reused.
+    key = (version.pk, version.checksum)
+    if key not in _loaded:
         forecaster = Forecaster.load(_resolve_artifact(version.artifact_path))
         if forecaster.metadata.get("sha256") != version.checksum:
             # The file was replaced after the version was registered (e.g. rolling back to a default
             # model that a newer one has overwritten): serving it would mislabel every forecast.
             raise ValueError(ERR_ARTIFACT_CHANGED.format(version=version.version, path=version.artifact_path))
         _loaded.clear()
-        _loaded[version.pk] = forecaster
-    return _loaded[version.pk]
+        _loaded[key] = forecaster
+    return _loaded[key]
 
 
 def _local_seconds(moments: Sequence[datetime], zone: ZoneInfo) -> np.ndarray:

@@ -179,6 +179,9 @@ AFTER_INGEST_TASK = env_str("AFTER_INGEST_TASK", "forecasting.tasks.forecast_pat
 OUTBOX_PATIENTS_PER_TASK = env_int("OUTBOX_PATIENTS_PER_TASK", 100)
 # How long an enqueued outbox row may stay unprocessed before the sweeper enqueues it again.
 OUTBOX_STALE_AFTER = timedelta(seconds=env_int("OUTBOX_STALE_AFTER_SECONDS", 120))
+# While one processing task waits in the queue, new claims send none (it takes them); this bounds
+# how long a flag left by a lost task holds back new tasks (glucoscope/readings/services.py).
+OUTBOX_WAKE_FLAG_SECONDS = env_int("OUTBOX_WAKE_FLAG_SECONDS", 10)
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -20,6 +20,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from glucoscope.celery import app as celery_app
 from glucoscope.patients import services as patient_services
 from glucoscope.patients.models import CaregiverLink, Device, Patient, Role, User, VendorOrganization
+from glucoscope.readings.services import outbox_wake_flag_clear
 from tests.factories import CareTeamFactory, DeviceFactory, PatientFactory, UserFactory, VendorFactory, consent
 
 
@@ -51,6 +52,9 @@ def _isolated_cache_and_eager_tasks(request: pytest.FixtureRequest, settings):  
     if not integration:
         celery_app.conf.task_always_eager = True
         settings.CELERY_TASK_ALWAYS_EAGER = True
+    else:
+        # A flag left by an earlier test's queued task would hold back this test's first task.
+        outbox_wake_flag_clear()
     yield
     celery_app.conf.task_always_eager = previous
 

@@ -26,7 +26,7 @@ from forecasting.ml.datasets import (
     slot_features,
     sufficient_history,
 )
-from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, raw_event_probabilities
+from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, calibrate_events, raw_event_probabilities
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "artifacts" / "forecaster.json"
 
@@ -174,7 +174,7 @@ class Forecaster:
     def risk(self, quantiles: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated event probabilities from ``[B, H, 3]`` quantiles -> event -> ``[B]``."""
         raw = raw_event_probabilities(quantiles[..., 0], quantiles[..., 1], quantiles[..., 2])
-        return {k: self.calibrators[k].predict(v) if k in self.calibrators else v for k, v in raw.items()}
+        return calibrate_events(raw, self.calibrators)
 
     def make_bank(self, subjects: dict[str, SubjectReadings]) -> tuple[SeriesBank, dict[str, Any]]:
         """Grid every subject into one bank; returns the bank and per-key grids."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -18,10 +18,6 @@ from glucoscope.audit.models import ActorKind, AuditAction, AuditEntry
 
 METHOD_ACTIONS = {"GET": AuditAction.READ, "HEAD": AuditAction.READ, "POST": AuditAction.CREATE,
                   "PUT": AuditAction.UPDATE, "PATCH": AuditAction.UPDATE, "DELETE": AuditAction.DELETE}
-_VENDOR_NAME_TTL_SECONDS = 300.0
-# vendor id → (name, monotonic expiry). Vendor names rarely change; caching them keeps a vendor
-# batch at exactly one extra statement (the INSERT) instead of an extra SELECT per request.
-_vendor_names: dict[int, tuple[str, float]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +41,6 @@ class RequestInfo:
     request_id: str = ""
 
 
-def _vendor_name(vendor_id: int) -> str:
-    cached = _vendor_names.get(vendor_id)
-    if cached and cached[1] > time.monotonic():
-        return cached[0]
-    from glucoscope.patients.models import VendorOrganization
-
-    name = VendorOrganization.objects.filter(pk=vendor_id).values_list("name", flat=True).first() or str(vendor_id)
-    _vendor_names[vendor_id] = (name, time.monotonic() + _VENDOR_NAME_TTL_SECONDS)
-    return name
-
-
 def actor_for(principal: Any) -> Actor | None:
     """The audit identity of request.user; None for anonymous callers (they reach no patient data)."""
     from api.authentication import NightscoutPrincipal, VendorPrincipal
@@ -65,7 +50,7 @@ def actor_for(principal: Any) -> Actor | None:
         return Actor(kind=ActorKind.USER, label=principal.username, user_id=principal.pk,
                      name=principal.get_full_name(), role=principal.role)
     if isinstance(principal, VendorPrincipal):
-        return Actor(kind=ActorKind.VENDOR, label=f"vendor:{_vendor_name(principal.vendor_id)}", role="vendor")
+        return Actor(kind=ActorKind.VENDOR, label=f"vendor:{principal.vendor_name}", role="vendor")
     if isinstance(principal, NightscoutPrincipal):
         return Actor(kind=ActorKind.NIGHTSCOUT, label=f"nightscout:patient {principal.patient_id}", role="nightscout")
     return None
@@ -116,26 +101,47 @@ def request_info(request: HttpRequest) -> RequestInfo:
     )
 
 
+# The columns of one entry, in the order `_audit_rows_insert` writes them.
+_AUDIT_COLUMNS = ("at", "actor_kind", "actor_user_id", "actor_label", "actor_name", "actor_role", "patient_id",
+                  "action", "route", "method", "path", "status_code", "ip", "request_id")
+
+
 def audit_entries_record(*, actor: Actor, info: RequestInfo, accesses: Iterable[tuple[int, str]],
                          status_code: int | None = None, at: datetime | None = None) -> int:
     """Append one entry per (patient, action) in a single INSERT; returns how many."""
-    moment = at or timezone.now()
+    moment = connection.ops.adapt_datetimefield_value(at or timezone.now())
+    ip = connection.ops.adapt_ipaddressfield_value(info.ip)
     rows = [
-        AuditEntry(
-            at=moment, actor_kind=actor.kind, actor_user_id=actor.user_id, actor_label=actor.label[:200],
-            actor_name=actor.name[:300], actor_role=actor.role[:16], patient_id=patient_id, action=action,
-            route=info.route, method=info.method, path=info.path, status_code=status_code, ip=info.ip,
-            request_id=info.request_id,
-        )
+        (moment, actor.kind, actor.user_id, actor.label[:200], actor.name[:300], actor.role[:16], patient_id,
+         action, info.route, info.method, info.path, status_code, ip, info.request_id)
         for patient_id, action in dict.fromkeys(accesses)
     ]
-    if len(rows) == 1:
-        # The common case, every single-patient request. One INSERT is atomic on its own, and
-        # bulk_create would wrap it in BEGIN/COMMIT: two more round trips on every request.
-        rows[0].save(force_insert=True)
-    elif rows:
-        AuditEntry.objects.bulk_create(rows)
+    if rows:
+        _audit_rows_insert(rows)
     return len(rows)
+
+
+def _audit_rows_insert(rows: list[tuple[Any, ...]]) -> None:
+    """Write every entry of a request in one statement.
+
+    It runs on every request that touches a patient, so it skips the ORM: compiling a model
+    INSERT cost more CPU than the statement itself, and bulk_create would add BEGIN/COMMIT
+    round trips. One statement is atomic on its own. A list page audits up to a page of
+    patients; on PostgreSQL those go by COPY, as binding 14 parameters per row into one INSERT
+    cost ~4 ms of CPU for 50 rows. It only ever inserts: the table is append-only (AuditEntry
+    refuses updates and deletes).
+    """
+    quote = connection.ops.quote_name
+    target = f"{quote(AuditEntry._meta.db_table)} ({', '.join(map(quote, _AUDIT_COLUMNS))})"
+    with connection.cursor() as cursor:
+        if len(rows) > 1 and connection.vendor == "postgresql":
+            with cursor.copy(f"COPY {target} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        row_placeholder = f"({', '.join(['%s'] * len(_AUDIT_COLUMNS))})"
+        cursor.execute(f"INSERT INTO {target} VALUES {', '.join([row_placeholder] * len(rows))}",
+                       [value for row in rows for value in row])
 
 
 def audit_record_now(*, request: HttpRequest | None, actor: Actor, patient_id: int, action: str,

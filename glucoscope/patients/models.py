@@ -7,7 +7,7 @@ Access rules are not here but in `selectors.py`; these models only hold the fact
 from __future__ import annotations
 
 import zoneinfo
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
@@ -15,7 +15,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-from rest_framework_api_key.models import AbstractAPIKey
+from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
 
 MGDL_PER_MMOLL = 18.016  # GUIDE.md §5: 1 mmol/L glucose = 18.016 mg/dL
 
@@ -167,11 +167,19 @@ class VendorOrganization(models.Model):
         return self.name
 
 
+class VendorApiKeyManager(APIKeyManager):
+    def get_usable_keys(self) -> models.QuerySet[VendorApiKey]:
+        # The vendor comes with the key: every vendor request's audit entry names it.
+        return super().get_usable_keys().select_related("vendor")
+
+
 class VendorApiKey(AbstractAPIKey):
     """A vendor server's key: stored hashed, shown once, prefix visible, revocable."""
 
     vendor = models.ForeignKey(VendorOrganization, on_delete=models.CASCADE, related_name="api_keys")
     last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[VendorApiKeyManager] = VendorApiKeyManager()  # type: ignore[assignment]
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "vendor API key"

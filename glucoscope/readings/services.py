@@ -8,6 +8,7 @@ durable: if the broker is down, the sweeper sends it later.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -18,6 +19,7 @@ from functools import partial
 from typing import Any
 
 import orjson
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
@@ -46,6 +48,11 @@ _STAGE_COLUMNS = (
 # PostgreSQL computes the near-duplicate window itself; SQLite stores text timestamps, so the
 # window bounds are staged precomputed in the same text format.
 _STAGE_TYPES = ("int8", "int8", "timestamptz", "float8", "text", "text", "float8", "bool")
+# Up to this many readings, PostgreSQL gets them inline as a VALUES list named like the staging
+# table, instead of a COPY into it: one round trip fewer on a phone's single-reading POST, and
+# no ON COMMIT DELETE ROWS truncation of the temp table at its commit.
+_INLINE_STAGE_MAX_ROWS = 50
+_INLINE_STAGE_ROW = "(" + ", ".join(f"%s::{type_name}" for type_name in _STAGE_TYPES) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,12 @@ def prepare_connection(sender: object, connection: object, **kwargs: object) -> 
             cursor.execute(_PG_STAGE_TABLE)
 
 
+def _stage_values(r: ReadingInput) -> tuple[Any, ...]:
+    """One reading's values in the order of _STAGE_COLUMNS."""
+    return (r.patient_id, r.device_id, r.measured_at, r.value_mgdl, r.sensor_flag, r.direction, r.trend_rate,
+            r.is_calibration)
+
+
 def _stage_rows(cursor, readings: Sequence[ReadingInput]) -> None:  # type: ignore[no-untyped-def]
     columns = ", ".join(_STAGE_COLUMNS)
     if _is_postgres():
@@ -100,8 +113,7 @@ def _stage_rows(cursor, readings: Sequence[ReadingInput]) -> None:  # type: igno
             copy.set_types(_STAGE_TYPES)
             write_row = copy.write_row
             for r in readings:
-                write_row((r.patient_id, r.device_id, r.measured_at, r.value_mgdl, r.sensor_flag, r.direction,
-                           r.trend_rate, r.is_calibration))
+                write_row(_stage_values(r))
         return
     # SQLite (development default): same staging table, filled row by row.
     adapt = connection.ops.adapt_datetimefield_value
@@ -155,9 +167,11 @@ _PG_WINDOW = f"interval '{NEAR_DUPLICATE_WINDOW.total_seconds():g} seconds'"
 # need the per-row probe: a vendor streaming new readings skips it, a retry still gets it.
 # The statement also aggregates the inserted rows per patient server-side (one row back per
 # patient, not per reading). SQLite cannot put an INSERT in a CTE, so it returns every row.
-_INSERT_FROM_STAGE = {
-    "postgresql": f"""
-WITH overlap AS MATERIALIZED (
+# The PostgreSQL statement's CTEs after the staging rows' source: prefixed by "WITH " when they
+# come from the temp table, or by an inline `reading_stage` VALUES CTE for small batches.
+_PG_INSERT_FROM_STAGE_CTES = (
+    f"""
+overlap AS MATERIALIZED (
     SELECT b.patient_id
     FROM (SELECT patient_id, min(measured_at) AS lo, max(measured_at) AS hi FROM reading_stage GROUP BY patient_id) b
     WHERE EXISTS (
@@ -171,7 +185,10 @@ WITH overlap AS MATERIALIZED (
         window_start=f"s.measured_at - {_PG_WINDOW}",
         window_end=f"s.measured_at + {_PG_WINDOW}",
     )
-    + ") SELECT patient_id, count(*) FROM inserted GROUP BY patient_id",
+    + ") SELECT patient_id, count(*) FROM inserted GROUP BY patient_id"
+)
+_INSERT_FROM_STAGE = {
+    "postgresql": "WITH " + _PG_INSERT_FROM_STAGE_CTES,
     "sqlite": _INSERT_FROM_STAGE_TEMPLATE.format(skip_probe="", window_start="s.window_start", window_end="s.window_end")
     .replace("RETURNING patient_id", "RETURNING patient_id, 1"),
 }
@@ -198,8 +215,14 @@ def readings_ingest(*, readings: Sequence[ReadingInput], source: str) -> IngestR
                 "SELECT pg_advisory_xact_lock(%s, p) FROM unnest(%s::int[]) AS p ORDER BY p",
                 [_INGEST_LOCK_CLASS, sorted({r.patient_id for r in unique if r.patient_id is not None})],
             )
-        _stage_rows(cursor, unique)
-        cursor.execute(_INSERT_FROM_STAGE[connection.vendor], [source, received_at])
+        if _is_postgres() and len(unique) <= _INLINE_STAGE_MAX_ROWS:
+            inline_stage = (f"WITH reading_stage ({', '.join(_STAGE_COLUMNS)}) AS "
+                            f"(VALUES {', '.join([_INLINE_STAGE_ROW] * len(unique))}), ")
+            cursor.execute(inline_stage + _PG_INSERT_FROM_STAGE_CTES,
+                           [value for r in unique for value in _stage_values(r)] + [source, received_at])
+        else:
+            _stage_rows(cursor, unique)
+            cursor.execute(_INSERT_FROM_STAGE[connection.vendor], [source, received_at])
         inserted_per_patient = cursor.fetchall()
         accepted = sum(count for _, count in inserted_per_patient)
         touched = frozenset(patient_id for patient_id, _ in inserted_per_patient)
@@ -209,11 +232,21 @@ def readings_ingest(*, readings: Sequence[ReadingInput], source: str) -> IngestR
 
 # --- Outbox ------------------------------------------------------------------
 
-_OUTBOX_UPSERT = f"""
+# Marks each patient dirty and, in the same statement, claims the rows with no task in flight
+# (enqueued_at IS NULL): the claim sets enqueued_at to this call's timestamp, which is how the
+# RETURNING clause tells claimed rows from rows another task already holds. SET expressions read
+# the row as it was before the update. Rows are locked in the order of VALUES, which the caller
+# sorts by patient id, the order every outbox writer locks in.
+_OUTBOX_MARK = f"""
 INSERT INTO {_OUTBOX_TABLE} (patient_id, dirty_at, version, attempts, enqueued_at)
 VALUES {{values}}
 ON CONFLICT (patient_id) DO UPDATE
-SET dirty_at = excluded.dirty_at, version = {_OUTBOX_TABLE}.version + 1
+SET dirty_at = excluded.dirty_at,
+    version = {_OUTBOX_TABLE}.version + 1,
+    enqueued_at = COALESCE({_OUTBOX_TABLE}.enqueued_at, excluded.enqueued_at),
+    taken_at = CASE WHEN {_OUTBOX_TABLE}.enqueued_at IS NULL THEN NULL ELSE {_OUTBOX_TABLE}.taken_at END,
+    attempts = {_OUTBOX_TABLE}.attempts + CASE WHEN {_OUTBOX_TABLE}.enqueued_at IS NULL THEN 1 ELSE 0 END
+RETURNING patient_id, enqueued_at = %s
 """
 
 
@@ -247,27 +280,28 @@ def outbox_mark(*, patient_ids: Iterable[int], cursor=None) -> None:  # type: ig
 
     The version counter, not a timestamp, tells a running task whether data arrived
     after it started: an ingest that commits late still bumps the version. Patients with
-    no task in flight are claimed in the same transaction (one commit, not two, per ingest)
-    and published once it commits.
+    no task in flight are claimed by the same statement (one round trip and one commit per
+    ingest) and published once it commits.
     """
     ids = sorted(patient_ids)
     if not ids:
         return
-    now = timezone.now()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        sql = _OUTBOX_UPSERT.format(values=", ".join(["(%s, %s, 1, 0, NULL)"] * len(chunk)))
-        params: list[Any] = []
-        for patient_id in chunk:
-            params.extend([patient_id, now])
+    # Compared with the stored value in SQL, so it goes through the same adaptation as the write.
+    claim_mark = connection.ops.adapt_datetimefield_value(timezone.now())
+    claimed: list[int] = []
+    with contextlib.ExitStack() as stack:
         if cursor is None:
-            with connection.cursor() as own_cursor:
-                own_cursor.execute(sql, params)
-        else:
-            cursor.execute(sql, params)
-    claimed = [pid for start in range(0, len(ids), 500) for pid in _claim_for_enqueue(ids[start : start + 500], stale_before=None)]
+            cursor = stack.enter_context(connection.cursor())
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            params: list[Any] = []
+            for patient_id in chunk:
+                params.extend([patient_id, claim_mark, claim_mark])
+            params.append(claim_mark)
+            cursor.execute(_OUTBOX_MARK.format(values=", ".join(["(%s, %s, 1, 1, %s)"] * len(chunk))), params)
+            claimed.extend(patient_id for patient_id, is_claimed in cursor.fetchall() if is_claimed)
     if claimed:
-        transaction.on_commit(partial(_publish, claimed))
+        transaction.on_commit(partial(_publish, sorted(claimed)))
 
 
 def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | None) -> list[int]:
@@ -290,25 +324,79 @@ def _claim_for_enqueue(patient_ids: Sequence[int], *, stale_before: datetime | N
 
 
 
-def _publish(patient_ids: Sequence[int]) -> None:
-    """Send processing tasks for claimed patients; on a broker error, release the claims for the sweeper."""
-    global _broker_unavailable_until
-    from glucoscope.readings.tasks import process_patients
+# --- Wake-up flag ---------------------------------------------------------------
+# A processing task takes, when it starts, every patient claimed since it was sent (outbox_take
+# coalesces queued rows). So while one task is waiting in the queue, a newly claimed patient
+# needs no task of its own: under a stream of single-reading posts this saves a publish (~0.9 ms
+# of web CPU) and a worker round on nearly every request. This Redis key means "a processing
+# task is queued and has not started yet": the publisher sets it (NX); the task deletes it
+# before it takes rows. A claim committed before a failed SET NX is therefore committed before
+# that task's take, so it is taken. The key expires, so a task lost with the broker costs at
+# most OUTBOX_WAKE_FLAG_SECONDS of delay, and the sweeper never consults it.
+_WAKE_FLAG_KEY = "glucoscope:outbox:task-queued"
+_wake_clients: dict[str, redis.Redis] = {}
 
+
+def _wake_flag_client() -> redis.Redis:
+    url: str = settings.REDIS_URL
+    client = _wake_clients.get(url)
+    if client is None:
+        client = _wake_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    return client
+
+
+def _wake_flag_raise() -> bool:
+    """True if no processing task was waiting, so the caller must send one (also when Redis cannot say)."""
+    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
+        return True
+    try:
+        return bool(_wake_flag_client().set(_WAKE_FLAG_KEY, 1, nx=True, ex=settings.OUTBOX_WAKE_FLAG_SECONDS))
+    except Exception:  # redis-py raises several connection error types; sending anyway is always safe
+        return True
+
+
+def outbox_wake_flag_clear() -> None:
+    """A processing task is starting: later claims must send a task of their own."""
+    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
+        return
+    try:
+        _wake_flag_client().delete(_WAKE_FLAG_KEY)
+    except Exception:  # a stale flag only delays work until it expires or the sweeper runs
+        logger.warning("Could not clear the outbox wake flag; it expires in %ss", settings.OUTBOX_WAKE_FLAG_SECONDS)
+
+
+def _publish(patient_ids: Sequence[int], *, always: bool = False) -> None:
+    """Send processing tasks for claimed patients; on a broker error, release the claims for the sweeper.
+
+    Claims that fit in one task are not sent while another task is waiting to start (the wake
+    flag above): that task takes them. `always` (the sweeper) sends regardless.
+    """
+    if not patient_ids:
+        return
     if time.monotonic() < _broker_unavailable_until:
         _outbox_release(patient_ids)
         return
     per_task = settings.OUTBOX_PATIENTS_PER_TASK
-    for start in range(0, len(patient_ids), per_task):
-        chunk = list(patient_ids[start : start + per_task])
+    if not always and len(patient_ids) <= per_task and not _wake_flag_raise():
+        return
+    _send([list(patient_ids[start : start + per_task]) for start in range(0, len(patient_ids), per_task)])
+
+
+def _send(chunks: list[list[int]]) -> None:
+    """One processing task per chunk (an empty chunk: a task that only takes queued rows)."""
+    global _broker_unavailable_until
+    from glucoscope.readings.tasks import process_patients
+
+    for number, chunk in enumerate(chunks):
         try:
             process_patients.apply_async(args=[chunk], retry=False)
         except Exception as exc:  # kombu/redis raise many connection error types
             if settings.CELERY_TASK_ALWAYS_EAGER:
                 raise
             _broker_unavailable_until = time.monotonic() + _BROKER_BACKOFF_SECONDS
-            unsent = list(patient_ids[start:])
+            unsent = [patient_id for unsent_chunk in chunks[number:] for patient_id in unsent_chunk]
             _outbox_release(unsent)
+            outbox_wake_flag_clear()
             logger.warning("Broker unavailable (%s); %d patients left to the outbox sweeper", exc, len(unsent))
             return
 
@@ -331,7 +419,7 @@ def outbox_sweep() -> int:
     sent = 0
     for start in range(0, len(candidate_ids), 500):
         claimed = _claim_for_enqueue(candidate_ids[start : start + 500], stale_before=stale_before)
-        _publish(claimed)
+        _publish(claimed, always=True)
         sent += len(claimed)
     return sent
 
@@ -344,7 +432,11 @@ def outbox_take(*, patient_ids: Sequence[int]) -> list[int]:
     waiting in the queue, up to OUTBOX_PATIENTS_PER_TASK in all: under a stream of one-reading posts
     this turns a hundred one-patient runs into one batched run, and the queued tasks then find
     their rows gone or taken and return at once. A patient with no row has nothing to process.
+
+    It first clears the wake flag, so claims from now on send a task of their own, and if it
+    takes a full batch it sends one more task for the queued rows it had no room for.
     """
+    outbox_wake_flag_clear()
     now = timezone.now()
     abandoned_before = now - settings.OUTBOX_STALE_AFTER
     own_ids = list(patient_ids)
@@ -370,6 +462,10 @@ def outbox_take(*, patient_ids: Sequence[int]) -> list[int]:
                 queued = queued.select_for_update(skip_locked=True)
             taken += list(queued.values_list("patient_id", flat=True)[:room])
         PatientOutbox.objects.filter(patient_id__in=taken).update(taken_at=now)
+    if len(taken) >= settings.OUTBOX_PATIENTS_PER_TASK and not settings.CELERY_TASK_ALWAYS_EAGER and _wake_flag_raise():
+        # Full: queued rows may remain whose claims sent no task because this one was waiting.
+        # (Eager tasks never leave such rows: without a broker every claim runs at once.)
+        _send([[]])
     return taken
 
 

@@ -8,6 +8,8 @@ import threading
 from datetime import timedelta
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -16,7 +18,7 @@ from glucoscope.readings.batches import Uploader, reading_batch_ingest
 from glucoscope.readings.models import GlucoseReading, PatientOutbox, PatientSummary, ReadingSource
 from tests.conftest import bearer
 from tests.factories import PatientFactory
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import WorkerFactory, wait_for
 from tests.integration.private_services import PrivateRedis
 
 pytestmark = pytest.mark.integration
@@ -58,6 +60,21 @@ def test_a_burst_of_posts_is_debounced_and_nothing_is_missed(celery_worker_proce
     log = celery_worker_process.log_path.read_text()  # type: ignore[attr-defined]
     tasks_run = log.count("readings.process_patients[") // 2  # "received" and "succeeded" lines
     assert 1 <= tasks_run < 20, log[-2000:]
+
+
+def test_claims_made_while_a_task_waits_send_no_task_of_their_own_and_none_is_stranded(
+    celery_worker_factory: WorkerFactory,
+) -> None:
+    patients = [PatientFactory() for _ in range(5)]
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    # No worker yet: the first post sends a task, which waits; the other four ride on it.
+    for patient in patients:
+        assert post_readings(patient, [10, 5]).status_code == 200
+    assert broker.llen("ingest") == 1
+    # Two patients per task: the waiting task cannot take all five, so each full take sends the next.
+    celery_worker_factory(env={"OUTBOX_PATIENTS_PER_TASK": "2"})
+    wait_for(lambda: not PatientOutbox.objects.filter(patient__in=patients).exists(), what="every patient processed")
+    assert [summary_count(patient.pk) for patient in patients] == [2] * 5
 
 
 def test_readings_posted_while_redis_is_down_are_stored_and_processed_when_it_returns(

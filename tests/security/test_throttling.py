@@ -6,16 +6,19 @@ Rates are lowered per test through the REST_FRAMEWORK setting; api.throttling re
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings as django_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from glucoscope.patients import services as patient_services
 from tests.conftest import World, api_key_client, bearer, nightscout_client
+from tests.integration.conftest import real_services  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -118,3 +121,26 @@ def test_rates_come_from_the_environment() -> None:
     env = {**os.environ, "THROTTLE_VENDOR_KEY_RATE": "7/min", "THROTTLE_NIGHTSCOUT_RATE": "8/min", "THROTTLE_ANON_RATE": "9/min"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split()[-3:] == ["7/min", "8/min", "9/min"]
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("real_services")
+def test_on_redis_each_request_is_one_counter_hit_that_expires_with_its_window(  # type: ignore[no-untyped-def]
+    world: World, rates, settings,
+) -> None:
+    prefix = f"throttle-test-{uuid.uuid4().hex}"
+    settings.CACHES = {"default": {"BACKEND": "glucoscope.cache.FailOpenRedisCache", "LOCATION": settings.REDIS_URL,
+                                   "KEY_PREFIX": prefix}}
+    rates(user="2/min")
+    alice = bearer(world.alice.user)
+    assert [alice.get("/api/v1/me").status_code for _ in range(2)] == [200, 200]
+    assert_throttled(alice.get("/api/v1/me"))
+    assert bearer(world.bob.user).get("/api/v1/me").status_code == 200
+    server = redis.Redis.from_url(settings.REDIS_URL)
+    counters = {key: int(server.get(key) or 0) for key in server.scan_iter(f"{prefix}:*")}
+    try:
+        # One counter per person and minute: alice's counted all three requests, bob's one.
+        assert sorted(counters.values()) == [1, 3]
+        assert all(0 < server.ttl(key) <= 61 for key in counters)
+    finally:
+        server.delete(*counters)
