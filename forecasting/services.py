@@ -26,7 +26,7 @@ from django.utils import timezone
 from forecasting.models import Forecast, ForecastEvent, ForecastStatus, ModelVersion, RiskAssessment
 from glucoscope.observability.metrics import observe_forecast_batch
 from glucoscope.patients.models import Patient
-from glucoscope.readings.models import GlucoseReading, SensorFlag
+from glucoscope.readings.models import GlucoseReading, SensorFlag, Treatment, TreatmentKind
 
 if TYPE_CHECKING:
     from forecasting.ml.inference import PatientForecast
@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 # Six hours of context is what the shipped model reads (72 five-minute steps), plus a margin.
 CONTEXT = timedelta(hours=6, minutes=30)
+# A patient who logged carbohydrate or bolus insulin this recently counts as one who logs them, so
+# the model reads their treatment channels (and no meal in the context means "ate nothing"). Anyone
+# else is forecast from glucose alone: "nothing logged" must not read as "ate nothing".
+TREATMENTS_KNOWN_WITHIN = timedelta(hours=24)
 RISK_FIELDS = {
     "p_below_70_30min": "below_70_30min",
     "p_below_70_60min": "below_70_60min",
@@ -206,15 +210,51 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
     if batch:
         # One flat array per field for the whole batch: the model prepares and forecasts it in one pass.
         series_of = [by_patient[p.pk] for p in batch]
+        carbs, insulin, known = _treatments_on_readings(batch, series_of, now=now)
         readings = batch_from_arrays(
             np.concatenate([_local_seconds([m for m, _ in s], ZoneInfo(p.time_zone)) for p, s in zip(batch, series_of, strict=True)]),
             [v for s in series_of for _, v in s],
             [len(s) for s in series_of],
             [str(p.pk) for p in batch],
+            carbs=carbs, insulin=insulin, has_treatments=known,
         )
         outputs = forecaster.forecast_batch(readings).to_patient_forecasts()
         results.update({patient.pk: output for patient, output in zip(batch, outputs, strict=True)})
     return _store(patients, results, version, series=by_patient, now=now)
+
+
+def _treatments_on_readings(
+    patients: Sequence[Patient], series_of: Sequence[Sequence[tuple[datetime, object]]], *, now: datetime,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Carbohydrate (g) and bolus insulin (U) per reading of the batch, and who logs them at all.
+
+    The model's channels hold what was eaten or injected in the 5 minutes up to each reading (the
+    shared CSV format), so a treatment counts at the first reading at or after it; one logged after
+    the newest reading (the origin) is already known, so it counts there. Returns ``[N]`` carbs,
+    ``[N]`` insulin, in the order of the concatenated series, and ``[P]`` treatments-known flags
+    (TREATMENTS_KNOWN_WITHIN).
+    """
+    total = sum(len(series) for series in series_of)
+    carbs, insulin = np.zeros(total), np.zeros(total)
+    rows = Treatment.objects.filter(
+        patient__in=patients, kind__in=[TreatmentKind.CARBS, TreatmentKind.BOLUS],
+        occurred_at__gt=now - TREATMENTS_KNOWN_WITHIN, occurred_at__lte=now,
+    ).values_list("patient_id", "occurred_at", "carbs_g", "insulin_units")
+    logged: dict[int, list[tuple[datetime, float, float]]] = {}
+    for patient_id, occurred_at, grams, units in rows:
+        logged.setdefault(patient_id, []).append((occurred_at, grams or 0.0, units or 0.0))
+    known = np.array([p.pk in logged for p in patients], dtype=bool)
+    start = 0
+    for patient, series in zip(patients, series_of, strict=True):
+        in_context = [t for t in logged.get(patient.pk, ()) if series and t[0] >= series[0][0]]
+        if in_context:
+            reading_seconds = np.array([m.timestamp() for m, _ in series])
+            at = np.searchsorted(reading_seconds, [t[0].timestamp() for t in in_context], side="left")
+            at = start + np.minimum(at, len(series) - 1)
+            np.add.at(carbs, at, [t[1] for t in in_context])
+            np.add.at(insulin, at, [t[2] for t in in_context])
+        start += len(series)
+    return carbs, insulin, known
 
 
 def _store(

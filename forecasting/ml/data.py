@@ -468,6 +468,7 @@ def batch_from_arrays(
     subject_ids: list[str],
     carbs: np.ndarray | None = None,
     insulin: np.ndarray | None = None,
+    has_treatments: np.ndarray | None = None,
 ) -> BatchReadings:
     """Build a :class:`BatchReadings` from concatenated raw arrays in one pass.
 
@@ -479,11 +480,16 @@ def batch_from_arrays(
         glucose: ``[N]`` numbers or "Low"/"High" words.
         lengths: ``[P]`` readings per subject (summing to N).
         subject_ids: ``P`` identifiers.
-        carbs / insulin: ``[N]`` optional treatment channels (then every subject has treatments).
+        carbs / insulin: ``[N]`` optional treatment channels, grams and units per reading.
+        has_treatments: ``[P]`` bool, which subjects' treatments are known (the rest read as
+            glucose-only even where their channels hold zeros). Default: every subject when carbs or
+            insulin is given, none otherwise.
     """
     counts = np.asarray(lengths, dtype=np.int64)
     if counts.shape[0] != len(subject_ids):
         raise ValueError(f"lengths has {counts.shape[0]} entries for {len(subject_ids)} subject ids")
+    if has_treatments is not None and len(has_treatments) != len(subject_ids):
+        raise ValueError(f"has_treatments has {len(has_treatments)} entries for {len(subject_ids)} subject ids")
     t = np.asarray(times)
     secs = np.rint(t).astype(np.int64) if np.issubdtype(t.dtype, np.floating) else t.astype(np.int64)
     if secs.shape[0] != int(counts.sum()):
@@ -516,5 +522,8 @@ def batch_from_arrays(
         flags=flags[idx],
         carbs=pick(carbs),
         insulin=pick(insulin),
-        has_treatments=np.full(counts.shape[0], carbs is not None or insulin is not None),
+        has_treatments=(
+            np.full(counts.shape[0], carbs is not None or insulin is not None) if has_treatments is None
+            else np.asarray(has_treatments, dtype=bool)
+        ),
     )
