@@ -58,8 +58,8 @@ logger = logging.getLogger(__name__)
 class MixedTrainingConfig:
     """Hyperparameters of the stage-2 fine-tune (saved in the artifact)."""
 
-    epochs: int = 8
-    samples_per_epoch: int = 150_000
+    epochs: int = 20
+    samples_per_epoch: int = 300_000
     batch_size: int = 512
     #: Share of every batch drawn from simulated windows.
     sim_fraction: float = 0.3
@@ -75,14 +75,18 @@ class MixedTrainingConfig:
     #: so on data without treatments (the flag is 0, the channels are 0) the model *is* the stage-1 model,
     #: and only data with carbohydrate/insulin columns is forecast differently.
     treatment_inputs_only: bool = False
+    #: Give the head the decayed carbohydrate and insulin sums (PatchGRUForecaster.treatment_summary).
+    treatment_summary: bool = True
 
 
-def widen_for_treatments(base: PatchGRUForecaster) -> PatchGRUForecaster:
+def widen_for_treatments(base: PatchGRUForecaster, *, treatment_summary: bool = False) -> PatchGRUForecaster:
     """A copy of ``base`` that also reads the treatment channels, computing the same function.
 
     The patch embedding sees each slot's features followed by the relative glucose, so a token of the
     base network is ``patch x (F0 + 1)`` wide and the widened one ``patch x (F0 + 3 + 1)``. The base
-    weights are copied to their new columns and the treatment columns start at zero.
+    weights are copied to their new columns and the treatment columns start at zero. With
+    ``treatment_summary`` the head's first layer also gets zero columns for the decayed sums, which
+    come last in its input.
     """
     f0 = base.n_features
     f1 = f0 + len(TREATMENT_CHANNELS)
@@ -94,8 +98,13 @@ def widen_for_treatments(base: PatchGRUForecaster) -> PatchGRUForecaster:
         patch=base.patch,
         recent_steps=base.recent_steps,
         head_hidden=base.head_hidden,
+        treatment_summary=int(treatment_summary),
     )
     state = {k: v.clone() for k, v in base.state_dict().items()}
+    head_in = state["head.0.weight"]
+    state["head.0.weight"] = torch.cat(
+        [head_in, torch.zeros(head_in.shape[0], wide.treatment_summary_dim, dtype=head_in.dtype)], dim=1
+    )
     w0 = state["embed.0.weight"]
     w1 = torch.zeros(w0.shape[0], base.patch * (f1 + 1), dtype=w0.dtype)
     for s in range(base.patch):
@@ -149,7 +158,7 @@ class MixedFineTuner:
                 origins = np.sort(rng.choice(origins, cfg.val_samples, replace=False))
             windows[name] = TrainingWindows(bank, origins)
         logger.info("stage 2 windows: %s", {k: len(v) for k, v in windows.items()})
-        network = widen_for_treatments(base).to(self.device)
+        network = widen_for_treatments(base, treatment_summary=cfg.treatment_summary).to(self.device)
         if cfg.treatment_inputs_only:
             trainable = self._freeze_all_but_treatment_inputs(network)
             # No weight decay: AdamW would otherwise shrink the frozen columns of the same tensor.

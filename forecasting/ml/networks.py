@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
+#: Channels of carbohydrate and insulin when the network reads treatments (datasets.TREATMENT_CHANNELS).
+CARBS_CHANNEL, INSULIN_CHANNEL = 5, 6
+#: Time constants (minutes) of the decayed treatment sums the head reads ("on board" at several speeds).
+TREATMENT_DECAY_MINUTES: tuple[float, ...] = (30.0, 60.0, 120.0, 240.0)
+SLOT_MINUTES = 5.0
 
 
 class PatchGRUForecaster(nn.Module):
@@ -32,6 +37,11 @@ class PatchGRUForecaster(nn.Module):
         hidden: GRU hidden size.
         patch: slots per GRU token.
         recent_steps: slots of the last hour given to the head unchanged.
+        treatment_summary: 1 to also give the head, for carbohydrate and insulin, exponentially decayed
+            sums over the context (time constants TREATMENT_DECAY_MINUTES): how much is still "on
+            board". Why: through the patch embedding a meal is one slot of one token, and the GRU must
+            learn to carry it for hours; the sums hand the head its timing and size directly. Needs the
+            treatment channels (CARBS_CHANNEL, INSULIN_CHANNEL). 0 for networks without them.
     """
 
     def __init__(
@@ -44,10 +54,13 @@ class PatchGRUForecaster(nn.Module):
         recent_steps: int = 12,
         head_hidden: int = 128,
         dropout: float = 0.0,
+        treatment_summary: int = 0,
     ) -> None:
         super().__init__()
         if context_steps % patch:
             raise ValueError("context_steps must be divisible by patch")
+        if treatment_summary and n_features <= INSULIN_CHANNEL:
+            raise ValueError("treatment_summary needs the carbohydrate and insulin channels")
         self.n_features = n_features
         self.context_steps = context_steps
         self.horizon_steps = horizon_steps
@@ -59,7 +72,13 @@ class PatchGRUForecaster(nn.Module):
         self.embed = nn.Sequential(nn.Linear(token_dim, hidden), nn.GELU())
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
         self.head_hidden = head_hidden
-        recent_dim = recent_steps * 2 + 3
+        self.treatment_summary = int(bool(treatment_summary))
+        recent_dim = recent_steps * 2 + 3 + self.treatment_summary_dim
+        # [L, K]: the weight of a treatment k slots before the origin in each decayed sum. A buffer, not
+        # a parameter, and not saved: it follows from the hyperparameters.
+        ago = torch.arange(context_steps - 1, -1, -1, dtype=torch.float32)[:, None] * SLOT_MINUTES
+        taus = torch.tensor(TREATMENT_DECAY_MINUTES, dtype=torch.float32)[None, :]
+        self.register_buffer("decay", torch.exp(-ago / taus), persistent=False)
         self.head = nn.Sequential(
             nn.Linear(hidden + recent_dim, head_hidden),
             nn.GELU(),
@@ -78,7 +97,13 @@ class PatchGRUForecaster(nn.Module):
             "patch": self.patch,
             "recent_steps": self.recent_steps,
             "head_hidden": self.head_hidden,
+            "treatment_summary": self.treatment_summary,
         }
+
+    @property
+    def treatment_summary_dim(self) -> int:
+        """Head inputs taken by the decayed sums: 2 channels x len(TREATMENT_DECAY_MINUTES), or 0."""
+        return 2 * len(TREATMENT_DECAY_MINUTES) * self.treatment_summary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict quantile deltas.
@@ -97,7 +122,12 @@ class PatchGRUForecaster(nn.Module):
         tokens = z.reshape(B, L // self.patch, self.patch * z.shape[-1])
         _, h = self.gru(self.embed(tokens))
         r = self.recent_steps
-        recent = torch.cat([rel[:, -r:], avail[:, -r:], g[:, -1:], x[:, -1, 3:5]], dim=1)
+        parts = [rel[:, -r:], avail[:, -r:], g[:, -1:], x[:, -1, 3:5]]
+        if self.treatment_summary:
+            # [B, L, 2] x [L, K] -> [B, 2, K] -> [B, 2K]
+            treatments = x[..., CARBS_CHANNEL : INSULIN_CHANNEL + 1]
+            parts.append(torch.einsum("blc,lk->bck", treatments, self.decay).reshape(B, -1))
+        recent = torch.cat(parts, dim=1)
         out = self.head(torch.cat([h[-1], recent], dim=1)).reshape(B, self.horizon_steps, 3)
         median = out[..., 1]
         lower = median - nn.functional.softplus(out[..., 0])

@@ -16,9 +16,13 @@ Why our own loop instead of ``simglucose.simulation.env.T1DSimEnv``: the publish
 scenario generator has fixed meal sizes and a controller that always knows the exact
 carbohydrate count, which makes glucose far smoother than in real life. Here each
 patient-day gets randomised meals and snacks, carbohydrate-counting errors, missed and
-late boluses, basal-rate drift and rescue carbohydrates for lows; the dose itself is
-simglucose's ``BBController`` (carbohydrate ratio + correction factor from its Quest
-table). The patient model, pump quantisation and sensor noise are simglucose's own.
+late boluses, basal-rate drift, rescue carbohydrates for lows and correction boluses for
+highs; the dose itself is simglucose's ``BBController`` (carbohydrate ratio + correction
+factor from its Quest table). The patient model, pump quantisation and sensor noise are
+simglucose's own.
+
+Why correction boluses without a meal: with insulin only ever given at meals, a forecaster
+learns the pair (insulin means a meal, so glucose rises) instead of what insulin does.
 
 Output rows follow the shared ``../shared/data`` format with the optional treatment
 columns: ``subject_id,timestamp,glucose_mg_dl,carbs_g,insulin_u``, one row per
@@ -34,6 +38,7 @@ import importlib.resources
 import sys
 import types
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,6 +55,13 @@ SENSOR_NAME = "GuardianRT"  # the simglucose sensor with a 5-minute sample time
 PUMP_NAME = "Insulet"
 SAMPLE_MINUTES = 5
 START = datetime(2024, 1, 1, 0, 0, 0)
+#: A patient considers a correction bolus when the sensor reads above this (mg/dL), no bolus was given in
+#: the last CORRECTION_GAP_MINUTES, and then again at most once an hour; they take it with this probability.
+CORRECTION_ABOVE_MGDL = 200.0
+CORRECTION_GAP_MINUTES = 180
+CORRECTION_PROBABILITY = 0.5
+#: Part of the cache path: a change to the scenario (2: correction boluses) must not reuse older files.
+SCENARIO_VERSION = 2
 #: Readings are rounded like real sensor exports and clamped to the sensor range.
 SENSOR_LOW, SENSOR_HIGH = 40.0, 400.0
 
@@ -190,7 +202,10 @@ def simulate_patient(
     # Day-to-day basal requirement drift (illness, activity): +-10%.
     basal_factor = np.exp(rng.normal(0.0, 0.1, size=n_days + 1))
     base_basal = controller._bb_policy(name, 0.0, 120.0, 1).basal  # U/min, steady state
+    correction_factor = float(controller.quest.loc[controller.quest.Name == name, "CF"].iloc[0])  # mg/dL per U
     last_rescue = -10_000
+    last_bolus = -10_000
+    next_correction_check = 0
     cgm = sensor.measure(patient)
     rows: list[tuple[str, float, float, float]] = []
     carbs_acc = 0.0
@@ -210,6 +225,14 @@ def simulate_patient(
             # BBController: estimated carbs / CR + correction above 150 mg/dL (units U).
             action = controller._bb_policy(name, dose.carbs_g * dose.bolus_factor, cgm, 1)
             bolus_u = float(pump.bolus(action.bolus))
+        elif (cgm > CORRECTION_ABOVE_MGDL and minute - last_bolus >= CORRECTION_GAP_MINUTES
+              and minute >= next_correction_check):
+            next_correction_check = minute + 60
+            if rng.random() < CORRECTION_PROBABILITY:
+                # BBController's correction term on its own (it adds it only to meal boluses).
+                bolus_u = float(pump.bolus((cgm - controller.target) / correction_factor))
+        if bolus_u > 0:
+            last_bolus = minute
         basal_u = float(pump.basal(base_basal * basal_factor[minute // 1440]))
         patient.step(action_cls(CHO=carbs, insulin=basal_u + bolus_u))
         cgm = sensor.measure(patient)
@@ -243,26 +266,43 @@ def patient_metadata(name: str) -> dict[str, str]:
     }
 
 
-def iter_cohort(
-    names: tuple[str, ...], days: float, seed: int, cache_dir: Path
-) -> Iterator[tuple[str, Path, bool]]:
-    """Simulate each patient into ``cache_dir/patients/<name>.csv`` unless already cached.
+def _simulate_to_file(name: str, days: float, patient_seed: int, path: Path) -> None:
+    frame = simulate_patient(name, days, patient_seed)
+    tmp = path.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
 
-    Yields (name, path, was_cached). Per-patient files make an interrupted run resumable.
+
+def iter_cohort(
+    names: tuple[str, ...], days: float, seed: int, cache_dir: Path, jobs: int = 1
+) -> Iterator[tuple[str, Path, bool]]:
+    """Simulate each patient into ``cache_dir/patients/<scenario, days, seed>/<name>.csv`` unless already cached.
+
+    Yields (name, path, was_cached) as each patient is ready: cached ones first, then the rest in
+    the order they finish (``jobs`` processes at a time). Per-patient files make an interrupted run
+    resumable, and each patient's seed depends only on (seed, patient), so the files do not depend on
+    ``jobs`` or on which patients were asked for.
     """
-    part_dir = cache_dir / "patients" / f"days{days:g}-seed{seed}"
+    part_dir = cache_dir / "patients" / f"scenario{SCENARIO_VERSION}-days{days:g}-seed{seed}"
     part_dir.mkdir(parents=True, exist_ok=True)
+    todo: list[tuple[str, int, Path]] = []
     for name in names:
         path = part_dir / f"{name.replace('#', '_')}.csv"
         if path.exists():
             yield name, path, True
-            continue
-        # Each patient's seed depends only on (seed, patient), so a subset reproduces the full cohort's rows.
-        frame = simulate_patient(name, days, seed * 1000 + PATIENT_NAMES.index(name))
-        tmp = path.with_suffix(".tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-        yield name, path, False
+        else:
+            todo.append((name, seed * 1000 + PATIENT_NAMES.index(name), path))
+    if jobs <= 1:
+        for name, patient_seed, path in todo:
+            _simulate_to_file(name, days, patient_seed, path)
+            yield name, path, False
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        running = {pool.submit(_simulate_to_file, name, days, patient_seed, path): (name, path)
+                   for name, patient_seed, path in todo}
+        for done in as_completed(running):
+            done.result()
+            yield *running[done], False
 
 
 def assemble_cohort(paths: list[Path], names: list[str], cache_dir: Path) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,25 @@ def test_a_tiny_simulation_writes_the_shared_csv_format(tmp_path: Path) -> None:
     grid = build_grid(subject)
     assert grid.has_treatments and grid.observed.all()
     assert np.diff(subject.times).tolist() == [300] * 23
+
+
+@needs_simglucose
+def test_the_simulation_gives_correction_boluses_without_a_meal_when_high() -> None:
+    """So that insulin is not always a sign of a meal (a forecaster would learn that insulin raises glucose)."""
+    from forecasting.ml.simulation import CORRECTION_ABOVE_MGDL, CORRECTION_GAP_MINUTES, simulate_patient
+
+    frame = simulate_patient("child#001", days=1.0, seed=5)
+    bolus_rows = np.flatnonzero(frame["insulin_u"].to_numpy() > 0)
+    # No carbohydrate in the 35 minutes up to the bolus (meal boluses come up to 30 min late).
+    recent_carbs = frame["carbs_g"].rolling(7, min_periods=1).sum().to_numpy()
+    corrections = [row for row in bolus_rows if recent_carbs[row] == 0]
+    assert corrections, "seed 5 of child#001 has high stretches long after a meal bolus"
+    for row in corrections:
+        earlier = bolus_rows[bolus_rows < row]
+        if earlier.size:
+            assert (row - earlier[-1]) * 5 >= CORRECTION_GAP_MINUTES
+        # The decision used the sensor at that minute; the logged reading is at most 5 minutes away.
+        assert frame["glucose_mg_dl"].iloc[max(row - 1, 0) : row + 1].max() > CORRECTION_ABOVE_MGDL - 15
 
 
 @needs_simglucose
@@ -105,6 +125,26 @@ def test_widening_keeps_the_glucose_only_function() -> None:
         torch.testing.assert_close(same, base(x), rtol=0, atol=1e-6)
         wide.embed[0].weight.add_(0.1)  # once trained, treatments change the forecast
         assert not torch.equal(same, wide(torch.cat([x, torch.ones(4, 24, 3)], dim=-1)))
+
+
+def test_the_head_s_treatment_sums_start_at_zero_and_weigh_a_dose_by_how_long_ago_it_was() -> None:
+    base = PatchGRUForecaster(n_features=5, context_steps=24, horizon_steps=6, hidden=8, head_hidden=16, patch=6, recent_steps=6)
+    wide = widen_for_treatments(base, treatment_summary=True)
+    assert wide.hyperparameters()["treatment_summary"] == 1 and wide.treatment_summary_dim == 8
+    x = torch.randn(4, 24, 5)
+    treatments = torch.cat([torch.rand(4, 24, 2), torch.ones(4, 24, 1)], dim=-1)
+    with torch.no_grad():
+        # Even with treatments given, the new inputs start at zero weight: the stage-1 function.
+        torch.testing.assert_close(wide(torch.cat([x, treatments], dim=-1)), base(x), rtol=0, atol=1e-6)
+        # A dose at the origin counts fully; one 30 min (6 slots) earlier by e^-1 in the 30-min sum.
+        assert wide.decay[-1].tolist() == [1.0, 1.0, 1.0, 1.0]
+        assert abs(float(wide.decay[-7, 0]) - math.exp(-1.0)) < 1e-6
+        wide.head[0].weight[:, -wide.treatment_summary_dim:] = 0.5
+        assert not torch.equal(wide(torch.cat([x, treatments], dim=-1)), base(x))
+        # Without treatment data the sums are zero, whatever their weights: still the stage-1 function.
+        torch.testing.assert_close(wide(torch.cat([x, torch.zeros(4, 24, 3)], dim=-1)), base(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="treatment_summary needs"):
+        PatchGRUForecaster(n_features=5, treatment_summary=1)
 
 
 def _fine_tune_tiny(**config: Any) -> tuple[PatchGRUForecaster, MixedFineTuner, dict[str, SubjectReadings], dict[str, SubjectReadings]]:

@@ -72,6 +72,11 @@ class Command(BaseCommand):
             default=MixedTrainingConfig.samples_per_epoch,
             help="stage-2 windows per epoch (real + simulated)",
         )
+        parser.add_argument(
+            "--no-treatment-summary",
+            action="store_true",
+            help="stage 2 without the head's decayed carbohydrate/insulin sums (the v1.1.0 architecture)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -99,6 +104,7 @@ class Command(BaseCommand):
             samples_per_epoch=options["mixed_samples_per_epoch"],
             seed=options["seed"],
             num_threads=options["threads"],
+            treatment_summary=not options["no_treatment_summary"],
         )
         try:
             path = train_and_save(
