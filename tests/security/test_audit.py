@@ -270,10 +270,14 @@ def test_staff_opening_a_patients_records_in_the_admin_is_audited(world: World, 
 
 
 @pytest.mark.django_db
-def test_an_audit_write_the_database_cannot_take_answers_503_and_serves_no_data(postgres: None, world: World) -> None:
+@pytest.mark.parametrize("surface", ["api", "care"])
+def test_an_audit_write_the_database_cannot_take_answers_503_and_serves_no_data(
+    postgres: None, world: World, surface: str,
+) -> None:
     """The database can fail between the view and the audit INSERT (it did, mid-restart, in the
-    fault test). A real lock makes the INSERT time out here: the caller gets a JSON 503 with
-    Retry-After, not Django's HTML 500, and not the unaudited data."""
+    fault test). A real lock makes the INSERT time out here: the caller gets a 503 with
+    Retry-After (JSON on the API, plain text on the care pages), not Django's HTML 500, and not
+    the unaudited data."""
     import psycopg
 
     with connection.cursor() as cursor:
@@ -282,8 +286,15 @@ def test_an_audit_write_the_database_cannot_take_answers_503_and_serves_no_data(
     with psycopg.connect(dbname=params["NAME"], host=params["HOST"], port=params["PORT"] or None,
                          user=params["USER"], password=params["PASSWORD"] or None) as locker:
         locker.execute("LOCK TABLE audit_auditentry IN ACCESS EXCLUSIVE MODE")
-        response = world.client("clinician").get(f"/api/v1/patients/{world.alice.pk}/readings")
+        if surface == "api":
+            response = world.client("clinician").get(f"/api/v1/patients/{world.alice.pk}/readings")
+        else:
+            response = session_client(world.clinician).get(f"/care/patients/{world.alice.pk}/")  # type: ignore[arg-type]
     assert response.status_code == 503, response.content[:300]
-    assert response["Content-Type"] == "application/json"
-    assert response.json() == {"detail": "The service is temporarily unavailable; retry shortly."}
     assert response["Retry-After"] == "5"
+    if surface == "api":
+        assert response["Content-Type"] == "application/json"
+        assert response.json() == {"detail": "The service is temporarily unavailable; retry shortly."}
+    else:
+        assert response["Content-Type"].startswith("text/plain")
+        assert response.content.decode() == "The service is temporarily unavailable; retry shortly."
