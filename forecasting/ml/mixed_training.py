@@ -3,7 +3,9 @@
 Stage 1 (:class:`forecasting.ml.training.QuantileForecasterTrainer`) learns from the real type 1 cohorts,
 which carry glucose only. Stage 2 widens its input with the treatment channels (carbs, insulin and the
 "treatments known" flag; see ``datasets.TREATMENT_CHANNELS``) and fine-tunes it on a mix of the same real
-windows and simulated ones (simglucose, with meals and boluses).
+windows and simulated ones (simglucose, with meals and boluses). With ``treatment_summary`` (the
+default since v1.2.0) the head also reads decayed carbohydrate and insulin sums
+(``PatchGRUForecaster.treatment_summary``); their head weights start at zero too.
 
 Why a warm start instead of training from scratch on the mix: the widened network starts out computing
 exactly the stage-1 function (the new input weights are zero), so real-data accuracy starts where it was
