@@ -334,14 +334,10 @@ def build_grid(readings: SubjectReadings) -> Grid:
             frac = np.arange(1, g) / g
             value[start + 1 : start + g] = v0 + (v1 - v0) * frac
             interpolated[start + 1 : start + g] = True
-    carbs = np.zeros(n_slots)
-    insulin = np.zeros(n_slots)
     # Treatments are summed into their reading's slot (duplicates included) so
     # that a bolus logged on a dropped near-duplicate row is not lost.
-    if readings.carbs is not None:
-        np.add.at(carbs, slot, readings.carbs)
-    if readings.insulin is not None:
-        np.add.at(insulin, slot, readings.insulin)
+    carbs = np.zeros(n_slots) if readings.carbs is None else np.bincount(slot, readings.carbs, n_slots)
+    insulin = np.zeros(n_slots) if readings.insulin is None else np.bincount(slot, readings.insulin, n_slots)
     return Grid(
         reading_slot=slot,
         reading_kept=kept,

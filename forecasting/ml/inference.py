@@ -207,7 +207,8 @@ class Forecaster:
         start_day = np.concatenate([[0], np.cumsum(span_days + 1)[:-1]]).astype(np.int64)
         shift = np.zeros(len(batch), dtype=np.int64)
         shift[present] = base + start_day * day
-        treated = self.config.use_treatments
+        # A batch in which nobody's treatments are known (most live batches) skips the channels: they stay zero.
+        treated = self.config.use_treatments and bool(batch.has_treatments.any())
         grid = build_grid(SubjectReadings(
             subject_id="batch",
             times=batch.times + np.repeat(shift, lengths),
