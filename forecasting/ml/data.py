@@ -34,6 +34,10 @@ SEGMENT_BREAK_MINUTES = 30
 #: Longest run of empty slots kept between segments; anything longer is
 #: irrelevant to a 6 h context and would only waste memory.
 MAX_EMPTY_SLOTS = 120
+#: Empty slots between two subjects of one batch grid (``build_grid(subject_starts=...)``): the batch path
+#: masks every window slot before a subject's first reading, so only the last-hour check (12 slots,
+#: ``datasets.sufficient_history``) needs distance, and MAX_EMPTY_SLOTS would leave most slots empty.
+SUBJECT_GAP_SLOTS = 12
 
 FLAG_NONE = 0
 FLAG_LOW = 1
@@ -264,7 +268,7 @@ def age_band(info: dict[str, str]) -> str:
     return "older adult (65+)"
 
 
-def build_grid(readings: SubjectReadings) -> Grid:
+def build_grid(readings: SubjectReadings, subject_starts: np.ndarray | None = None) -> Grid:
     """Place one subject's sorted readings on a causal 5-minute grid.
 
     Why this shape: within a segment (no gap > 30 min) the slot of a reading is
@@ -274,6 +278,10 @@ def build_grid(readings: SubjectReadings) -> Grid:
     first wins, so a later near-duplicate can never change an earlier forecast.
     Gaps of at most 15 minutes between real readings are linearly interpolated;
     longer gaps stay NaN and masked.
+
+    ``subject_starts`` (reading indices) marks where one subject of a concatenated batch ends and the
+    next begins; each must start a segment. Those gaps get SUBJECT_GAP_SLOTS empty slots instead of
+    MAX_EMPTY_SLOTS.
     """
     times = readings.times
     n = times.shape[0]
@@ -302,6 +310,8 @@ def build_grid(readings: SubjectReadings) -> Grid:
     if seg_start_idx.shape[0] > 1:
         gap_secs = times[seg_start_idx[1:]] - times[seg_start_idx[1:] - 1]
         gap_slots = np.minimum(np.rint(gap_secs / GRID_SECONDS).astype(np.int64), MAX_EMPTY_SLOTS)
+        if subject_starts is not None:
+            gap_slots[np.isin(seg_start_idx[1:], subject_starts)] = SUBJECT_GAP_SLOTS
         prev_end_local = local_slot[seg_start_idx[1:] - 1]
         # Segment k starts gap_slots after the last slot of segment k-1.
         steps = prev_end_local + gap_slots

@@ -195,7 +195,10 @@ class Forecaster:
         days (time of day, and so every feature, is unchanged) so that it starts more than a day after
         subject i-1's last reading, and the batch is gridded once. A day's gap is more than 30 minutes, so
         each subject starts a new segment anchored at its own first reading, exactly as alone, and nothing
-        is interpolated across it.
+        is interpolated across it. Only SUBJECT_GAP_SLOTS empty slots separate two subjects (not
+        MAX_EMPTY_SLOTS, which left most of the grid empty): every window slot before a subject's first
+        reading is masked in `_predict_windows`, and the last-hour check reaches back 12 slots.
+        (`tests/forecasting_ml/test_batched_inference.py` fails with a gap of 4.)
         """
         day = 86_400
         lengths = batch.lengths
@@ -216,7 +219,7 @@ class Forecaster:
             flags=batch.flags,
             carbs=batch.carbs if treated else None,
             insulin=batch.insulin if treated else None,
-        ))
+        ), subject_starts=first_idx[1:])
         first_slot = np.full(len(batch), -1, dtype=np.int64)
         last_slot = np.full(len(batch), -1, dtype=np.int64)
         first_slot[present] = grid.reading_slot[first_idx]
