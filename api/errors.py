@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.db import InterfaceError, OperationalError
@@ -27,8 +28,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return drf_exception_handler(exc, context)
 
 
-def database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
-    """The 503 for a database error raised outside a DRF view (middleware: the audit write)."""
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: an exception outside a DRF view (a care page, a middleware such as the audit write).
+
+    A database error there is an outage, not a bug: it answers the same 503 as the API's views
+    (JSON on the API paths, plain text elsewhere). Django calls this inside its `except` block,
+    so the exception is `sys.exc_info()`. Anything else is Django's plain 500 page.
+    """
+    exc = sys.exc_info()[1]
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return defaults.server_error(request)
     logger.error("Database unavailable: %s", exc)
     if request.path.startswith(API_PREFIXES):
         response: HttpResponse = JsonResponse({"detail": ERR_UNAVAILABLE}, status=503)

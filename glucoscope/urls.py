@@ -12,6 +12,8 @@ admin.site.__class__ = OTPAdminSite
 
 # Unmatched API URLs answer JSON like every other API error (api/errors.py).
 handler404 = "api.errors.not_found"
+# A database outage outside a DRF view answers 503, not a 500 page (api/errors.py).
+handler500 = "api.errors.server_error"
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -17,9 +17,8 @@ implies. tests/security/test_audit.py walks the URL configuration and fails for 
 serves a patient's data without leaving an entry.
 
 The entries are written before the response leaves (a streamed body is sent after), so if the
-audit cannot be written the caller gets an error rather than unaudited data: a 503 with
-Retry-After when the database is unreachable (it can go down between the view and this write),
-never a 500.
+audit cannot be written the caller gets an error rather than unaudited data (a 503 with
+Retry-After when the database is unreachable: `handler500`, api/errors.py).
 """
 
 from __future__ import annotations
@@ -27,10 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponseBase
 
-from api.errors import database_unavailable
 from glucoscope.audit import context
 from glucoscope.audit.models import AuditAction
 from glucoscope.audit.services import (
@@ -112,11 +109,8 @@ class AuditMiddleware:
                 # DRF sets the authenticated principal (person, vendor key, uploader) on the Django request.
                 actor = actor_for(getattr(request, "user", None))
                 if actor is not None:
-                    try:
-                        audit_entries_record(actor=actor, info=request_info(request), accesses=accesses,
-                                             status_code=response.status_code)
-                    except (OperationalError, InterfaceError) as exc:
-                        return database_unavailable(request, exc)
+                    audit_entries_record(actor=actor, info=request_info(request), accesses=accesses,
+                                         status_code=response.status_code)
             return response
         finally:
             context.end(token)
