@@ -198,7 +198,6 @@ class Forecaster:
         is interpolated across it. Only SUBJECT_GAP_SLOTS empty slots separate two subjects (not
         MAX_EMPTY_SLOTS, which left most of the grid empty): every window slot before a subject's first
         reading is masked in `_predict_windows`, and the last-hour check reaches back 12 slots.
-        (`tests/forecasting_ml/test_batched_inference.py` fails with a gap of 4.)
         """
         day = 86_400
         lengths = batch.lengths

@@ -9,12 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from forecasting.ml.data import GRID_MINUTES
+from forecasting.ml.datasets import TREATMENT_CHANNELS, TREATMENT_START
+
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
-#: Channels of carbohydrate and insulin when the network reads treatments (datasets.TREATMENT_CHANNELS).
-CARBS_CHANNEL, INSULIN_CHANNEL = 5, 6
+#: Channels of carbohydrate and insulin when the network reads treatments.
+CARBS_CHANNEL = TREATMENT_START + TREATMENT_CHANNELS.index("carbs")
+INSULIN_CHANNEL = TREATMENT_START + TREATMENT_CHANNELS.index("insulin")
 #: Time constants (minutes) of the decayed treatment sums the head reads ("on board" at several speeds).
 TREATMENT_DECAY_MINUTES: tuple[float, ...] = (30.0, 60.0, 120.0, 240.0)
-SLOT_MINUTES = 5.0
 
 
 class PatchGRUForecaster(nn.Module):
@@ -76,7 +79,7 @@ class PatchGRUForecaster(nn.Module):
         recent_dim = recent_steps * 2 + 3 + self.treatment_summary_dim
         # [L, K]: the weight of a treatment k slots before the origin in each decayed sum. A buffer, not
         # a parameter, and not saved: it follows from the hyperparameters.
-        ago = torch.arange(context_steps - 1, -1, -1, dtype=torch.float32)[:, None] * SLOT_MINUTES
+        ago = torch.arange(context_steps - 1, -1, -1, dtype=torch.float32)[:, None] * GRID_MINUTES
         taus = torch.tensor(TREATMENT_DECAY_MINUTES, dtype=torch.float32)[None, :]
         self.register_buffer("decay", torch.exp(-ago / taus), persistent=False)
         self.head = nn.Sequential(
