@@ -27,12 +27,14 @@ UNIT_PARAMETER = OpenApiParameter("unit", str, enum=["mg/dL", "mmol/L"])
 
 def forecast_json(forecast: Forecast | None, unit: str) -> dict[str, Any]:
     if forecast is None:
-        return {"origin": None, "model_version": None, "status": "no_forecast", "unit": unit, "points": [],
-                "risk": None, "disclaimer": DISCLAIMER}
+        return {"origin": None, "model_version": None, "personalised": False, "status": "no_forecast", "unit": unit,
+                "points": [], "risk": None, "disclaimer": DISCLAIMER}
     risk = getattr(forecast, "risk", None)
     return {
         "origin": forecast.origin.isoformat(),
         "model_version": forecast.model_version.version,
+        # True: the model's output layer was tuned on this patient's own readings (docs/forecasting.md).
+        "personalised": forecast.personalisation_id is not None,
         "status": forecast.status,
         "reason": forecast.reason or None,
         "unit": unit,

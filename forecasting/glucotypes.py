@@ -56,12 +56,14 @@ class StratificationResult:
     seconds: float
 
 
-def patients_eligible(*, start: datetime, end: datetime, patient_ids: Sequence[int] | None = None) -> list[int]:
-    """Patients with at least MIN_READINGS CGM readings in the period (one aggregate query)."""
+def patients_eligible(
+    *, start: datetime, end: datetime, patient_ids: Sequence[int] | None = None, min_readings: int = MIN_READINGS,
+) -> list[int]:
+    """Patients with at least `min_readings` CGM readings in the period (one aggregate query)."""
     qs = GlucoseReading.objects.filter(measured_at__gte=start, measured_at__lt=end, is_calibration=False)
     if patient_ids is not None:
         qs = qs.filter(patient_id__in=patient_ids)
-    rows = qs.values("patient_id").annotate(n=Count("id")).filter(n__gte=MIN_READINGS).values_list("patient_id", flat=True)
+    rows = qs.values("patient_id").annotate(n=Count("id")).filter(n__gte=min_readings).values_list("patient_id", flat=True)
     return sorted(rows)
 
 

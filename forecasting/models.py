@@ -32,6 +32,41 @@ class ModelVersion(models.Model):
         return f"{self.name} {self.version}{' (active)' if self.is_active else ''}"
 
 
+class PatientPersonalisation(models.Model):
+    """One tuning of a model version's output layer on a patient's own readings (forecasting/ml/personalise.py).
+
+    `output_layer` holds the tuned layer (float32, little-endian: weight then bias) when it beat the
+    population layer on the newest, held-back fifth of the patient's data; otherwise it is empty and
+    the patient keeps the population layer. Rows are never updated: each run adds one, and the
+    newest row per patient and version is the one the worker uses.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="personalisations")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="personalisations")
+    fitted_at = models.DateTimeField()
+    data_start = models.DateTimeField(help_text="First reading used (UTC).")
+    data_end = models.DateTimeField(help_text="Last reading used (UTC).")
+    days_of_data = models.FloatField(help_text="Readings x 5 min, in days.")
+    fit_windows = models.PositiveIntegerField()
+    check_windows = models.PositiveIntegerField()
+    population_loss = models.FloatField(help_text="Pinball loss of the population layer on the held-back windows.")
+    personal_loss = models.FloatField(help_text="Pinball loss of the tuned layer on the held-back windows.")
+    with_treatments = models.BooleanField(
+        default=False, help_text="Tuned with the patient's logged carbohydrate and insulin; used only for forecasts that have them.",
+    )
+    output_layer = models.BinaryField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["patient", "model_version", "-fitted_at"], name="personalisation_latest")]
+
+    def __str__(self) -> str:
+        return f"personalisation of patient {self.patient_id} for {self.model_version_id} ({'kept' if self.kept else 'not kept'})"
+
+    @property
+    def kept(self) -> bool:
+        return self.output_layer is not None
+
+
 class ForecastStatus(models.TextChoices):
     OK = "ok"
     INSUFFICIENT_DATA = "insufficient_data"
@@ -50,6 +85,10 @@ class Forecast(models.Model):
     status = models.CharField(max_length=20, choices=ForecastStatus.choices)
     reason = models.CharField(max_length=200, blank=True, default="")
     points = models.JSONField(default=list, blank=True)
+    personalisation = models.ForeignKey(
+        PatientPersonalisation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The patient's own output layer this forecast used; empty for the population model.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

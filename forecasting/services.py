@@ -10,7 +10,9 @@ import hashlib
 import json
 import logging
 import operator
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import reduce
 from pathlib import Path
@@ -23,13 +25,22 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, Field, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from forecasting.models import Forecast, ForecastEvent, ForecastStatus, ModelVersion, RiskAssessment
+from forecasting.models import (
+    Forecast,
+    ForecastEvent,
+    ForecastStatus,
+    ModelVersion,
+    PatientPersonalisation,
+    RiskAssessment,
+)
 from glucoscope.observability.metrics import observe_forecast_batch
 from glucoscope.patients.models import Patient
 from glucoscope.readings.models import GlucoseReading, SensorFlag, Treatment, TreatmentKind
 
 if TYPE_CHECKING:
-    from forecasting.ml.inference import PatientForecast
+    from forecasting.ml.data import BatchReadings
+    from forecasting.ml.inference import Forecaster, PatientForecast
+    from forecasting.ml.networks import PersonalOutputLayer
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +164,7 @@ def _superseded_default(version: ModelVersion) -> bool:
 _loaded: dict[tuple[int, str], object] = {}
 
 
-def forecaster_for(version: ModelVersion):  # type: ignore[no-untyped-def]
+def forecaster_for(version: ModelVersion) -> Forecaster:
     from forecasting.ml.inference import Forecaster
 
     # Keyed by checksum too: a row id alone can name another model once rows are deleted and ids reused.
@@ -166,7 +177,7 @@ def forecaster_for(version: ModelVersion):  # type: ignore[no-untyped-def]
             raise ValueError(ERR_ARTIFACT_CHANGED.format(version=version.version, path=version.artifact_path))
         _loaded.clear()
         _loaded[key] = forecaster
-    return _loaded[key]
+    return cast("Forecaster", _loaded[key])
 
 
 def _local_seconds(moments: Sequence[datetime], zone: ZoneInfo) -> np.ndarray:
@@ -179,8 +190,11 @@ def _local_seconds(moments: Sequence[datetime], zone: ZoneInfo) -> np.ndarray:
 
 @observe_forecast_batch
 def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None) -> list[Forecast]:
-    """Forecast a group of patients in one batched forward pass and store the results idempotently."""
-    from forecasting.ml.data import batch_from_arrays
+    """Forecast a group of patients in one batched forward pass and store the results idempotently.
+
+    A patient with a personal output layer for the active version (`patient_personalise`) gets it,
+    when it was tuned in the same input mode (with or without logged treatments) as this forecast.
+    """
     from forecasting.ml.datasets import MAX_STALENESS_MINUTES
     from forecasting.ml.inference import REASON_NO_READINGS, REASON_STALE, STATUS_INSUFFICIENT, PatientForecast
 
@@ -188,16 +202,11 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
     version = model_version_active()
     forecaster = forecaster_for(version)
     patients = list(Patient.objects.filter(pk__in=patient_ids))
-    rows = GlucoseReading.objects.filter(
-        patient__in=patients, measured_at__gt=now - CONTEXT, measured_at__lte=now, is_calibration=False
-    ).order_by("patient_id", "measured_at").values_list("patient_id", "measured_at", "value_mgdl", "sensor_flag")
-    by_patient: dict[int, list[tuple[datetime, object]]] = {p.pk: [] for p in patients}
-    for patient_id, measured_at, value, flag in rows:
-        # The model takes sensor limits as words and clamps them itself (40/400 mg/dL, flagged).
-        by_patient[patient_id].append((measured_at, value if flag == SensorFlag.NONE else flag.capitalize()))
+    by_patient = _readings_by_patient(patients, start=now - CONTEXT, end=now)
     # Staleness is judged here on the UTC clock: patients in different time zones share one batch.
     stale_after = timedelta(minutes=MAX_STALENESS_MINUTES)
     results: dict[int, PatientForecast] = {}
+    used: dict[int, int] = {}
     batch: list[Patient] = []
     for patient in patients:
         series = by_patient[patient.pk]
@@ -208,37 +217,64 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
         else:
             batch.append(patient)
     if batch:
-        # One flat array per field for the whole batch: the model prepares and forecasts it in one pass.
-        series_of = [by_patient[p.pk] for p in batch]
-        carbs, insulin, known = _treatments_on_readings(batch, series_of, now=now)
-        readings = batch_from_arrays(
-            np.concatenate([_local_seconds([m for m, _ in s], ZoneInfo(p.time_zone)) for p, s in zip(batch, series_of, strict=True)]),
-            [v for s in series_of for _, v in s],
-            [len(s) for s in series_of],
-            [str(p.pk) for p in batch],
-            carbs=carbs, insulin=insulin, has_treatments=known,
-        )
-        outputs = forecaster.forecast_batch(readings).to_patient_forecasts()
+        readings = _model_inputs(batch, [by_patient[p.pk] for p in batch], treatments_since=now - TREATMENTS_KNOWN_WITHIN, now=now)
+        layers = personal_layers(patients=batch, version=version)
+        personal = {}
+        for row, patient in enumerate(batch):
+            if patient.pk in layers and layers[patient.pk].with_treatments == bool(readings.has_treatments[row]):
+                personal[row] = layers[patient.pk].layer
+                used[patient.pk] = layers[patient.pk].pk
+        outputs = forecaster.forecast_batch(readings, personal=personal).to_patient_forecasts()
         results.update({patient.pk: output for patient, output in zip(batch, outputs, strict=True)})
-    return _store(patients, results, version, series=by_patient, now=now)
+        used = {pk: row for pk, row in used.items() if results[pk].status == ForecastStatus.OK}
+    return _store(patients, results, version, series=by_patient, personalisations=used, now=now)
+
+
+def _readings_by_patient(patients: Sequence[Patient], *, start: datetime, end: datetime) -> dict[int, list[tuple[datetime, object]]]:
+    """Each patient's readings in (start, end], oldest first, as (UTC time, mg/dL or "Low"/"High")."""
+    rows = GlucoseReading.objects.filter(
+        patient__in=patients, measured_at__gt=start, measured_at__lte=end, is_calibration=False
+    ).order_by("patient_id", "measured_at").values_list("patient_id", "measured_at", "value_mgdl", "sensor_flag")
+    by_patient: dict[int, list[tuple[datetime, object]]] = {p.pk: [] for p in patients}
+    for patient_id, measured_at, value, flag in rows:
+        # The model takes sensor limits as words and clamps them itself (40/400 mg/dL, flagged).
+        by_patient[patient_id].append((measured_at, value if flag == SensorFlag.NONE else flag.capitalize()))
+    return by_patient
+
+
+def _model_inputs(
+    patients: Sequence[Patient], series_of: Sequence[Sequence[tuple[datetime, object]]], *,
+    treatments_since: datetime, now: datetime,
+) -> BatchReadings:
+    """The model's flat-array batch: local clock times, glucose, and the treatments logged since `treatments_since`."""
+    from forecasting.ml.data import batch_from_arrays
+
+    carbs, insulin, known = _treatments_on_readings(patients, series_of, since=treatments_since, now=now)
+    return batch_from_arrays(
+        np.concatenate([_local_seconds([m for m, _ in s], ZoneInfo(p.time_zone)) for p, s in zip(patients, series_of, strict=True)]),
+        [v for s in series_of for _, v in s],
+        [len(s) for s in series_of],
+        [str(p.pk) for p in patients],
+        carbs=carbs, insulin=insulin, has_treatments=known,
+    )
 
 
 def _treatments_on_readings(
-    patients: Sequence[Patient], series_of: Sequence[Sequence[tuple[datetime, object]]], *, now: datetime,
+    patients: Sequence[Patient], series_of: Sequence[Sequence[tuple[datetime, object]]], *, since: datetime, now: datetime,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Carbohydrate (g) and bolus insulin (U) per reading of the batch, and who logs them at all.
 
     The model's channels hold what was eaten or injected in the 5 minutes up to each reading (the
     shared CSV format), so a treatment counts at the first reading at or after it; one logged after
     the newest reading (the origin) is already known, so it counts there. Returns ``[N]`` carbs,
-    ``[N]`` insulin, in the order of the concatenated series, and ``[P]`` treatments-known flags
-    (TREATMENTS_KNOWN_WITHIN).
+    ``[N]`` insulin, in the order of the concatenated series, and ``[P]`` treatments-known flags: a
+    patient who logged any treatment in (since, now] is one who logs them.
     """
     total = sum(len(series) for series in series_of)
     carbs, insulin = np.zeros(total), np.zeros(total)
     rows = Treatment.objects.filter(
         patient__in=patients, kind__in=[TreatmentKind.CARBS, TreatmentKind.BOLUS],
-        occurred_at__gt=now - TREATMENTS_KNOWN_WITHIN, occurred_at__lte=now,
+        occurred_at__gt=since, occurred_at__lte=now,
     ).values_list("patient_id", "occurred_at", "carbs_g", "insulin_units")
     logged: dict[int, list[tuple[datetime, float, float]]] = {}
     for patient_id, occurred_at, grams, units in rows:
@@ -259,7 +295,7 @@ def _treatments_on_readings(
 
 def _store(
     patients: Sequence[Patient], results: dict[int, PatientForecast], version: ModelVersion, *,
-    series: dict[int, list[tuple[datetime, object]]], now: datetime,
+    series: dict[int, list[tuple[datetime, object]]], personalisations: dict[int, int], now: datetime,
 ) -> list[Forecast]:
     """Store a batch's forecasts in one transaction and a fixed number of statements, whatever its size.
 
@@ -273,7 +309,7 @@ def _store(
         candidates[patient.pk] = Forecast(
             patient=patient, model_version=version,
             origin=readings[-1][0] if readings else now.replace(microsecond=0),
-            status=result.status, reason=result.reason,
+            status=result.status, reason=result.reason, personalisation_id=personalisations.get(patient.pk),
             points=[
                 {"minutes_ahead": p.minutes_ahead, "p10": round(p.p10, 1), "p50": round(p.p50, 1), "p90": round(p.p90, 1)}
                 for p in result.points
@@ -306,10 +342,10 @@ def _store(
     return [stored[patient.pk] for patient in patients if patient.pk in stored]
 
 
-_FORECAST_INSERT_FIELDS = ("patient", "origin", "model_version", "status", "reason", "points", "created_at")
+_FORECAST_INSERT_FIELDS = ("patient", "origin", "model_version", "status", "reason", "points", "personalisation", "created_at")
 # The conflict target is the forecast_unique_per_origin constraint.
 _FORECAST_INSERT = (
-    "INSERT INTO {table} (patient_id, origin, model_version_id, status, reason, points, created_at) VALUES {rows}"
+    "INSERT INTO {table} (patient_id, origin, model_version_id, status, reason, points, personalisation_id, created_at) VALUES {rows}"
     " ON CONFLICT (patient_id, origin, model_version_id) DO NOTHING RETURNING id, patient_id"
 )
 
@@ -345,7 +381,7 @@ def _forecasts_insert_new(forecasts: list[Forecast]) -> set[int]:
     return set(created)
 
 
-_COMPLETED_FIELDS = ["status", "reason", "points"]
+_COMPLETED_FIELDS = ["status", "reason", "points", "personalisation"]
 
 
 def _forecasts_complete(pairs: list[tuple[Forecast, Forecast]]) -> set[int]:
@@ -406,3 +442,101 @@ def patients_with_stale_forecast(*, within: timedelta = timedelta(minutes=30)) -
         PatientSummary.objects.filter(latest_reading__measured_at__gt=now - within)
         .exclude(Exists(covered)).values_list("patient_id", flat=True)[:10_000]
     )
+
+
+# --- Personalisation: a patient's own output layer (forecasting/ml/personalise.py) ---------------------
+
+
+class PersonalisationRefused(ValueError):
+    """The patient cannot be personalised now (too little data); the message says why."""
+
+
+def patient_personalise(*, patient_id: int, now: datetime | None = None) -> PatientPersonalisation:
+    """Tune the active version's output layer on the patient's last PERSONALISATION_HISTORY of readings; store the outcome.
+
+    Always stores a row, kept or not, so the sweep does not retry a patient the tuning did not help
+    until PERSONALISATION_REFRESH has passed. The patient's logged carbohydrate and insulin are used
+    when there are any in that period (`with_treatments`).
+
+    Raises:
+        PersonalisationRefused: fewer than MIN_DAYS days of readings in the period.
+    """
+    from forecasting.ml.personalise import fine_tune
+
+    now = now or timezone.now()
+    version = model_version_active()
+    forecaster = forecaster_for(version)
+    patient = Patient.objects.filter(pk=patient_id).first()
+    if patient is None:
+        raise PersonalisationRefused(f"there is no patient {patient_id}")
+    start = now - settings.PERSONALISATION_HISTORY
+    series = _readings_by_patient([patient], start=start, end=now)[patient.pk]
+    inputs = _model_inputs([patient], [series], treatments_since=start, now=now)
+    try:
+        result = fine_tune(forecaster, inputs.subject(0))
+    except ValueError as refused:
+        raise PersonalisationRefused(f"patient {patient_id}: {refused}") from refused
+    return PatientPersonalisation.objects.create(
+        patient=patient, model_version=version, fitted_at=now,
+        data_start=series[0][0], data_end=series[-1][0], days_of_data=result.days,
+        fit_windows=result.fit_windows, check_windows=result.check_windows,
+        population_loss=result.population_loss, personal_loss=result.personal_loss,
+        with_treatments=bool(inputs.has_treatments[0]),
+        output_layer=result.layer.to_bytes() if result.layer is not None else None,
+    )
+
+
+def patients_due_for_personalisation(*, patient_ids: Sequence[int] | None = None, now: datetime | None = None) -> list[int]:
+    """Patients (of `patient_ids`, or all) with at least MIN_DAYS of readings in PERSONALISATION_HISTORY and no
+    tuning for the active version within PERSONALISATION_REFRESH (one aggregate query over the period, as the
+    nightly glucotypes do)."""
+    from forecasting.glucotypes import patients_eligible
+    from forecasting.ml.personalise import MIN_DAYS
+
+    now = now or timezone.now()
+    version = model_version_active()
+    recent = PatientPersonalisation.objects.filter(model_version=version, fitted_at__gt=now - settings.PERSONALISATION_REFRESH)
+    enough = patients_eligible(
+        start=now - settings.PERSONALISATION_HISTORY, end=now, patient_ids=patient_ids, min_readings=int(MIN_DAYS * 288),
+    )
+    done = set(recent.filter(patient_id__in=enough).values_list("patient_id", flat=True))
+    return [patient_id for patient_id in enough if patient_id not in done]
+
+
+@dataclass(frozen=True)
+class PersonalLayer:
+    """A stored personal output layer, as the worker uses it."""
+
+    pk: int
+    with_treatments: bool
+    layer: PersonalOutputLayer
+
+
+# Decoded layers by row id, per worker process: rows are never updated, so an id always names the same
+# layer, and a batch reads only the ids of its patients' newest rows (37 kB each otherwise).
+_layers: OrderedDict[int, PersonalLayer] = OrderedDict()
+LAYER_CACHE_SIZE = 4096
+
+
+def personal_layers(*, patients: Sequence[Patient], version: ModelVersion) -> dict[int, PersonalLayer]:
+    """Patient id -> the kept layer of their newest personalisation for `version` (none if their newest was not kept)."""
+    from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
+
+    newest = PatientPersonalisation.objects.filter(patient=OuterRef("patient"), model_version=version).order_by("-fitted_at", "-pk")
+    rows = list(
+        PatientPersonalisation.objects.filter(patient__in=patients, model_version=version, pk=Subquery(newest.values("pk")[:1]))
+        .exclude(output_layer__isnull=True).values_list("pk", "patient_id", "with_treatments")
+    )
+    missing = [pk for pk, _, _ in rows if pk not in _layers]
+    if missing:
+        network = forecaster_for(version).network
+        assert isinstance(network, PatchGRUForecaster)
+        for pk, data, with_treatments in PatientPersonalisation.objects.filter(pk__in=missing).values_list("pk", "output_layer", "with_treatments"):
+            _layers[pk] = PersonalLayer(pk, with_treatments, PersonalOutputLayer.from_bytes(bytes(cast(bytes, data)), network))
+    found = {}
+    for pk, patient_id, _ in rows:
+        _layers.move_to_end(pk)
+        found[patient_id] = _layers[pk]
+    while len(_layers) > LAYER_CACHE_SIZE:
+        _layers.popitem(last=False)
+    return found

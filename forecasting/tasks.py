@@ -33,3 +33,30 @@ def forecast_patients(patient_ids: list[int], outbox_versions: dict[str, int]) -
 def sweep_stale_forecasts() -> int:
     """Patients with recent readings but no forecast from their latest reading get one."""
     return patients_mark_for_processing(patient_ids=services.patients_with_stale_forecast())
+
+
+@shared_task(
+    name="forecasting.personalise_patient",
+    autoretry_for=(OperationalError, InterfaceError),
+    max_retries=3,
+    retry_backoff=True,
+    soft_time_limit=120,
+    time_limit=150,
+)
+def personalise_patient(patient_id: int) -> bool | None:
+    """Tune the patient's own output layer if due; True/False: kept or not, None: not due or too little data."""
+    if patient_id not in services.patients_due_for_personalisation(patient_ids=[patient_id]):
+        return None
+    try:
+        return services.patient_personalise(patient_id=patient_id).kept
+    except services.PersonalisationRefused:
+        return None
+
+
+@shared_task(name="forecasting.sweep_personalisation", soft_time_limit=600, time_limit=660)
+def sweep_personalisation() -> int:
+    """Daily: one personalise_patient task per patient who is due."""
+    due = services.patients_due_for_personalisation()
+    for patient_id in due:
+        personalise_patient.delay(patient_id)
+    return len(due)

@@ -310,6 +310,11 @@ INSTALLED_APPS += ["glucoscope.web"]
 INSTALLED_APPS += ["glucoscope.loadtest"]
 # Nightly glucotype stratification of every patient with enough data (Hall et al., PLoS Biol 2018).
 CELERY_BEAT_SCHEDULE["forecasting.stratify_glucotypes"] = {"task": "forecasting.stratify_glucotypes", "schedule": 86400.0}
+# Per-patient output layers (docs/forecasting.md, "Personalisation"): tuned on the last 28 days once a
+# patient has 7 days of readings, and again every 7 days; the sweep that queues them runs daily.
+PERSONALISATION_HISTORY = timedelta(days=env_int("PERSONALISATION_HISTORY_DAYS", 28))
+PERSONALISATION_REFRESH = timedelta(days=env_int("PERSONALISATION_REFRESH_DAYS", 7))
+CELERY_BEAT_SCHEDULE["forecasting.sweep_personalisation"] = {"task": "forecasting.sweep_personalisation", "schedule": 86400.0}
 LOGIN_URL = "web:login"
 LOGIN_REDIRECT_URL = "web:dashboard"
 # The triage table's per-day range counts: recent days after ingest every 5 min, everything nightly.

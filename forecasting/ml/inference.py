@@ -6,6 +6,7 @@ and ``evaluate_forecaster`` commands (every reading an origin).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from forecasting.ml.datasets import (
     slot_features,
     sufficient_history,
 )
+from forecasting.ml.networks import PersonalOutputLayer, RowOutputLayers
 from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, calibrate_events, raw_event_probabilities
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "artifacts" / "forecaster.json"
@@ -155,9 +157,13 @@ class Forecaster:
         )
 
     # ------------------------------------------------------------------
-    def predict_bank(self, bank: SeriesBank, origins: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    def predict_bank(
+        self, bank: SeriesBank, origins: np.ndarray, batch_size: int = 8192, personal: PersonalOutputLayer | None = None,
+    ) -> np.ndarray:
         """Quantile forecasts at global origin slots of a bank.
 
+        Args:
+            personal: one patient's own output layer, used for every origin (the bank holds that patient).
         Returns:
             ``[B, H, 3]`` mg/dL (p10, p50, p90), clamped to 40..400.
         """
@@ -166,10 +172,15 @@ class Forecaster:
         pos = 0
         with torch.inference_mode():
             for o, x in InferenceWindows(bank, origins).iterate(batch_size):
-                q = self.network(torch.from_numpy(x).to(self.device)).cpu().numpy().astype(np.float64)
+                rows = None if personal is None else RowOutputLayers.repeated(o.shape[0], personal, self.device)
+                q = self._forward(x, rows)
                 out[pos : pos + o.shape[0]] = self.config.decode_target(q, bank.value[o], self.scaler)
                 pos += o.shape[0]
         return np.clip(out, 40.0, 400.0)
+
+    def _forward(self, x: np.ndarray, personal: RowOutputLayers | None) -> np.ndarray:
+        """The network on ``[B, L, F]`` float32 features -> ``[B, H, 3]`` float64 normalised deltas."""
+        return self.network(torch.from_numpy(x).to(self.device), personal).cpu().numpy().astype(np.float64)
 
     def risk(self, quantiles: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated event probabilities from ``[B, H, 3]`` quantiles -> event -> ``[B]``."""
@@ -225,8 +236,13 @@ class Forecaster:
         last_slot[present] = grid.reading_slot[last_idx]
         return grid, first_slot, last_slot
 
-    def _predict_windows(self, grid: Grid, first: np.ndarray, last: np.ndarray, treated: np.ndarray) -> np.ndarray:
+    def _predict_windows(
+        self, grid: Grid, first: np.ndarray, last: np.ndarray, treated: np.ndarray,
+        personal: Mapping[int, PersonalOutputLayer],
+    ) -> np.ndarray:
         """Quantiles ``[B, H, 3]`` (mg/dL, clamped 40..400) at slots ``last`` of a batch grid.
+
+        ``personal`` maps a window's position in ``last`` to its patient's own output layer.
 
         Only the context windows' slots are gathered and turned into features (what :meth:`predict_bank`
         reads from a bank): slots before a subject's first reading, the padding of a lone subject's bank
@@ -247,11 +263,15 @@ class Forecaster:
                     np.broadcast_to(treated[lo:hi, None], idx.shape), self.scaler, use,
                 )
                 x[~inside] = 0.0
-                q = self.network(torch.from_numpy(x).to(self.device)).cpu().numpy().astype(np.float64)
+                own = [i for i in range(lo, hi) if i in personal] if personal else []
+                rows = RowOutputLayers.stack(np.array(own) - lo, [personal[i] for i in own], self.device) if own else None
+                q = self._forward(x, rows)
                 out[lo:hi] = self.config.decode_target(q, grid.value[last[lo:hi]], self.scaler)
         return np.clip(out, 40.0, 400.0)
 
-    def forecast_batch(self, batch: BatchReadings, now: int | None = None) -> BatchForecast:
+    def forecast_batch(
+        self, batch: BatchReadings, now: int | None = None, personal: Mapping[int, PersonalOutputLayer] | None = None,
+    ) -> BatchForecast:
         """Forecast from each subject's latest reading, the whole batch in arrays.
 
         Args:
@@ -259,6 +279,8 @@ class Forecaster:
                 works, with the gap masked).
             now: current time in seconds (same clock as the readings); when given, a subject whose
                 newest reading is older than MAX_STALENESS_MINUTES gets ``insufficient_data``.
+            personal: batch row -> that subject's own output layer (personalised patients); the
+                others use the population layer.
         Returns:
             a :class:`BatchForecast`, rows in batch order.
         """
@@ -278,7 +300,9 @@ class Forecaster:
             code[todo[~enough]] = CODE_SPARSE
             todo = todo[enough]
             if todo.size:
-                q = self._predict_windows(grid, first[todo], last[todo], batch.has_treatments[todo])
+                position = {row: i for i, row in enumerate(todo.tolist())}
+                own = {position[row]: layer for row, layer in (personal or {}).items() if row in position}
+                q = self._predict_windows(grid, first[todo], last[todo], batch.has_treatments[todo], own)
                 quantiles[todo] = q
                 for name, values in self.risk(q).items():
                     risk[name][todo] = values

@@ -6,6 +6,9 @@ H = horizon steps (24 for 120 min), Q = quantiles (p10, p50, p90).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,13 +111,13 @@ class PatchGRUForecaster(nn.Module):
         """Head inputs taken by the decayed sums: 2 channels x len(TREATMENT_DECAY_MINUTES), or 0."""
         return 2 * len(TREATMENT_DECAY_MINUTES) * self.treatment_summary
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict quantile deltas.
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the head's output layer: what a personal output layer reads.
 
         Args:
             x: ``[B, L, F]`` features; ``x[:, -1, 0]`` is the last (real) glucose.
         Returns:
-            ``[B, H, Q]`` normalised deltas from the last glucose for p10, p50, p90.
+            ``[B, head_hidden]``.
         """
         B, L, _ = x.shape
         g = x[..., 0]
@@ -131,11 +134,96 @@ class PatchGRUForecaster(nn.Module):
             treatments = x[..., CARBS_CHANNEL : INSULIN_CHANNEL + 1]
             parts.append(torch.einsum("blc,lk->bck", treatments, self.decay).reshape(B, -1))
         recent = torch.cat(parts, dim=1)
-        out = self.head(torch.cat([h[-1], recent], dim=1)).reshape(B, self.horizon_steps, 3)
+        return self.head[:-1](torch.cat([h[-1], recent], dim=1))
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The head's last layer, ``head_hidden`` -> ``H * 3``: the part a patient's data may re-fit."""
+        layer = self.head[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
+    def quantiles_from_output(self, out: torch.Tensor) -> torch.Tensor:
+        """``[B, H * 3]`` output-layer values -> ``[B, H, Q]`` non-crossing p10, p50, p90 deltas."""
+        out = out.reshape(out.shape[0], self.horizon_steps, 3)
         median = out[..., 1]
         lower = median - nn.functional.softplus(out[..., 0])
         upper = median + nn.functional.softplus(out[..., 2])
         return torch.stack([lower, median, upper], dim=-1)
+
+    def forward(self, x: torch.Tensor, personal: RowOutputLayers | None = None) -> torch.Tensor:
+        """Predict quantile deltas.
+
+        Args:
+            x: ``[B, L, F]`` features; ``x[:, -1, 0]`` is the last (real) glucose.
+            personal: output layers of their own for some rows of the batch (personalised patients);
+                every other row uses the population output layer.
+        Returns:
+            ``[B, H, Q]`` normalised deltas from the last glucose for p10, p50, p90.
+        """
+        features = self.head_features(x)
+        out = self.output_layer(features)
+        if personal is not None:
+            out = personal.apply(features, out)
+        return self.quantiles_from_output(out)
+
+
+@dataclass(frozen=True)
+class PersonalOutputLayer:
+    """A patient's own output layer for one network: ``weight`` ``[O, D]`` and ``bias`` ``[O]``, float32."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        """Little-endian float32, weight (row-major) then bias: the stored form."""
+        return np.concatenate([self.weight.ravel(), self.bias]).astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, network: PatchGRUForecaster) -> PersonalOutputLayer:
+        """The layer stored by :meth:`to_bytes` for ``network``; ValueError if its size does not fit it."""
+        out_features, in_features = network.output_layer.weight.shape
+        values = np.frombuffer(data, dtype="<f4")
+        if values.size != out_features * (in_features + 1):
+            raise ValueError(f"a personal layer of {values.size} values does not fit a {out_features}x{in_features} output layer")
+        weight = values[: out_features * in_features].reshape(out_features, in_features).astype(np.float32)
+        return cls(weight, values[out_features * in_features :].astype(np.float32))
+
+
+@dataclass(frozen=True)
+class RowOutputLayers:
+    """Output layers of their own for some rows of a batch, applied in one batched matrix product.
+
+    Attributes:
+        rows: ``[K]`` int64 batch rows.
+        weight: ``[K, O, D]`` each row's layer weight (O = H * 3 outputs, D = head_hidden).
+        bias: ``[K, O]``.
+    """
+
+    rows: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @classmethod
+    def stack(cls, rows: np.ndarray, layers: list[PersonalOutputLayer], device: str = "cpu") -> RowOutputLayers:
+        """Batch rows ``[K]`` and their layers, in the same order."""
+        return cls(
+            torch.as_tensor(rows, dtype=torch.int64, device=device),
+            torch.from_numpy(np.stack([layer.weight for layer in layers])).to(device),
+            torch.from_numpy(np.stack([layer.bias for layer in layers])).to(device),
+        )
+
+    @classmethod
+    def repeated(cls, count: int, layer: PersonalOutputLayer, device: str = "cpu") -> RowOutputLayers:
+        """One layer for all ``count`` rows (one patient's windows), as views: nothing is copied per row."""
+        weight = torch.from_numpy(layer.weight).to(device)
+        bias = torch.from_numpy(layer.bias).to(device)
+        return cls(torch.arange(count, device=device), weight.expand(count, -1, -1), bias.expand(count, -1))
+
+    def apply(self, features: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` ``[B, O]`` with ``rows`` replaced by their own layer applied to ``features`` ``[B, D]``."""
+        personal = torch.baddbmm(self.bias.unsqueeze(-1), self.weight, features[self.rows].unsqueeze(-1)).squeeze(-1)
+        return out.index_copy(0, self.rows, personal)
 
 
 def pinball_loss(

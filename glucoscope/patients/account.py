@@ -91,8 +91,17 @@ TABLES: tuple[Table, ...] = (
     ), lambda p: _readings().NightscoutDocument.objects.filter(patient=p).order_by("created_at", "pk")),
     Table("forecasts", (
         ("forecast_id", "pk"), ("origin_utc", "origin"), ("model_version", "model_version__version"),
-        ("status", "status"), ("reason", "reason"), ("points_mgdl_json", "points"), ("created_at_utc", "created_at"),
+        ("status", "status"), ("reason", "reason"), ("points_mgdl_json", "points"),
+        ("personalisation_id", "personalisation_id"), ("created_at_utc", "created_at"),
     ), lambda p: _forecasting().Forecast.objects.filter(patient=p).order_by("origin", "pk")),
+    # The tuned layer's 9,288 weights are not exported: they are derived from the readings above, which
+    # reproduce them (`manage.py personalise_patients`), and mean nothing outside this model version.
+    Table("personalisations", (
+        ("personalisation_id", "pk"), ("fitted_at_utc", "fitted_at"), ("model_version", "model_version__version"),
+        ("data_start_utc", "data_start"), ("data_end_utc", "data_end"), ("days_of_data", "days_of_data"),
+        ("held_back_loss_population", "population_loss"), ("held_back_loss_personal", "personal_loss"),
+        ("with_treatments", "with_treatments"),
+    ), lambda p: _forecasting().PatientPersonalisation.objects.filter(patient=p).order_by("fitted_at", "pk")),
     Table("risk_assessments", (
         ("forecast_id", "forecast_id"), ("p_below_70_mgdl_30min", "below_70_30min"),
         ("p_below_70_mgdl_60min", "below_70_60min"), ("p_below_54_mgdl_30min", "below_54_30min"),
@@ -301,6 +310,7 @@ def account_delete(*, user: User, password: Any, request: HttpRequest | None = N
         ("forecast_events", forecasting.ForecastEvent.objects.filter(patient=patient)),
         ("risk_assessments", forecasting.RiskAssessment.objects.filter(forecast__patient=patient)),
         ("forecasts", forecasting.Forecast.objects.filter(patient=patient)),
+        ("personalisations", forecasting.PatientPersonalisation.objects.filter(patient=patient)),
         ("readings", readings.GlucoseReading.objects.filter(patient=patient)),
         ("treatments", readings.Treatment.objects.filter(patient=patient)),
         ("nightscout_documents", readings.NightscoutDocument.objects.filter(patient=patient)),

@@ -14,6 +14,7 @@ from forecasting.models import (
     ForecastStatus,
     GlucotypeAssignment,
     GlucotypeModel,
+    PatientPersonalisation,
     RiskAssessment,
 )
 from glucoscope.patients.models import Patient
@@ -47,8 +48,14 @@ def seed_patient_data(patient: Patient, *, readings: int = 5, tag: str = "x") ->
                              source=ReadingSource.APP, received_at=now, note=f"lunch {tag}")
     NightscoutDocument.objects.create(patient=patient, collection="devicestatus", created_at=now,
                                       document={"device": f"phone-{tag}"}, digest=f"digest-{patient.pk}-{tag}")
+    version = forecasting_services.model_version_active()
+    personalisation = PatientPersonalisation.objects.create(
+        patient=patient, model_version=version, fitted_at=now, data_start=now - timedelta(days=8), data_end=now,
+        days_of_data=8.0, fit_windows=1800, check_windows=460, population_loss=0.2, personal_loss=0.18,
+        output_layer=bytes(4 * 9288),
+    )
     forecast = Forecast.objects.create(
-        patient=patient, origin=now - timedelta(minutes=2), model_version=forecasting_services.model_version_active(),
+        patient=patient, origin=now - timedelta(minutes=2), model_version=version, personalisation=personalisation,
         status=ForecastStatus.OK,
         points=[{"minutes_ahead": m, "p10": 90.0, "p50": 100.0, "p90": 110.0} for m in range(5, 125, 5)],
     )

@@ -13,7 +13,7 @@ from django.db.models import Model
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from forecasting.models import Forecast, ForecastEvent, GlucotypeAssignment, RiskAssessment
+from forecasting.models import Forecast, ForecastEvent, GlucotypeAssignment, PatientPersonalisation, RiskAssessment
 from glucoscope.audit.models import AuditEntry
 from glucoscope.patients import account
 from glucoscope.patients.models import CaregiverLink, CareTeamConsent, Device, NightscoutCredential, Patient, User
@@ -44,7 +44,7 @@ def test_json_export_holds_every_table_of_the_patient_and_nothing_of_anyone_else
     assert document["profile"]["username"] == "alice" and document["units"]["glucose"] == "mg/dL"
     counts = {name: len(document[name]) for name in (t.name for t in account.TABLES)}
     assert counts["readings"] == 7
-    for name in ("treatments", "nightscout_documents", "forecasts", "risk_assessments", "forecast_events",
+    for name in ("treatments", "nightscout_documents", "forecasts", "personalisations", "risk_assessments", "forecast_events",
                  "glucotype_assignments", "notifications", "alert_episodes", "reminders", "notification_preferences",
                  "devices", "push_devices", "consents", "caregivers"):
         assert counts[name] >= 1, name
@@ -106,6 +106,7 @@ def _patient_rows(patient: Patient, user: User) -> dict[str, int]:
     by_patient: dict[str, type[Model]] = {
         "readings": GlucoseReading, "treatments": Treatment, "nightscout_documents": NightscoutDocument,
         "forecasts": Forecast, "forecast_events": ForecastEvent, "glucotype_assignments": GlucotypeAssignment,
+        "personalisations": PatientPersonalisation,
         "notifications": Notification, "alert_episodes": AlertEpisode, "reminders": Reminder,
         "preferences": Preference, "consents": CareTeamConsent, "caregiver_links": CaregiverLink,
         "nightscout_credentials": NightscoutCredential, "outbox": PatientOutbox, "summary": PatientSummary,

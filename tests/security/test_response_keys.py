@@ -84,11 +84,11 @@ _EXPORT_KEYS = [
     "forecast_events[].created_at_utc", "forecast_events[].forecast_id", "forecast_events[].kind",
     "forecast_events[].probability", "forecast_events[].threshold", "forecasts", "forecasts[].created_at_utc",
     "forecasts[].forecast_id", "forecasts[].model_version", "forecasts[].origin_utc",
-    "forecasts[].points_mgdl_json", "forecasts[].points_mgdl_json[].minutes_ahead",
-    "forecasts[].points_mgdl_json[].p10", "forecasts[].points_mgdl_json[].p50",
-    "forecasts[].points_mgdl_json[].p90", "forecasts[].reason", "forecasts[].status", "format",
-    "glucotype_assignments", "glucotype_assignments[].assigned_at_utc", "glucotype_assignments[].glucotype",
-    "glucotype_assignments[].n_windows", "glucotype_assignments[].shares_json",
+    "forecasts[].personalisation_id", "forecasts[].points_mgdl_json",
+    "forecasts[].points_mgdl_json[].minutes_ahead", "forecasts[].points_mgdl_json[].p10",
+    "forecasts[].points_mgdl_json[].p50", "forecasts[].points_mgdl_json[].p90", "forecasts[].reason",
+    "forecasts[].status", "format", "glucotype_assignments", "glucotype_assignments[].assigned_at_utc",
+    "glucotype_assignments[].glucotype", "glucotype_assignments[].n_windows", "glucotype_assignments[].shares_json",
     "glucotype_assignments[].shares_json.low", "glucotype_assignments[].shares_json.moderate",
     "glucotype_assignments[].shares_json.severe", "nightscout_documents", "nightscout_documents[].collection",
     "nightscout_documents[].created_at_utc", "nightscout_documents[].document_json",
@@ -101,7 +101,11 @@ _EXPORT_KEYS = [
     "notifications[].acked_at_utc", "notifications[].body", "notifications[].created_at_utc",
     "notifications[].delivered_at_utc", "notifications[].details_json", "notifications[].feedback",
     "notifications[].kind", "notifications[].opened_at_utc", "notifications[].recipient_role",
-    "notifications[].sent_at_utc", "notifications[].status", "notifications[].title", "profile",
+    "notifications[].sent_at_utc", "notifications[].status", "notifications[].title", "personalisations",
+    "personalisations[].data_end_utc", "personalisations[].data_start_utc", "personalisations[].days_of_data",
+    "personalisations[].fitted_at_utc", "personalisations[].held_back_loss_personal",
+    "personalisations[].held_back_loss_population", "personalisations[].model_version",
+    "personalisations[].personalisation_id", "personalisations[].with_treatments", "profile",
     "profile.account_created_at_utc", "profile.birth_year", "profile.created_at_utc", "profile.diabetes_type",
     "profile.email", "profile.first_name", "profile.last_name", "profile.patient_id", "profile.preferred_unit",
     "profile.target_high_mgdl", "profile.target_low_mgdl", "profile.time_zone", "profile.username", "push_devices",
@@ -138,7 +142,7 @@ _NOTIFICATION_PAGE_KEYS = [
 
 # One forecast: the latest one, and each item of the forecast history.
 _FORECAST_KEYS = [
-    "disclaimer", "model_version", "origin", "points", "points[].minutes_ahead", "points[].p10", "points[].p90",
+    "disclaimer", "model_version", "origin", "personalised", "points", "points[].minutes_ahead", "points[].p10", "points[].p90",
     "points[].value", "reason", "risk", "risk.above_250_60min", "risk.below_54_30min", "risk.below_54_60min",
     "risk.below_70_30min", "risk.below_70_60min", "status", "unit",
 ]

@@ -17,7 +17,7 @@ from forecasting.ml.personalise import FineTuneConfig, personalisation_gain
 
 class Command(BaseCommand):
     help = (
-        "Measure per-patient fine-tuning on the model's held-out test subjects: tune the output head on each "
+        "Measure per-patient personalisation on the model's held-out test subjects: tune the output layer on each "
         "subject's first --fit-days days, then compare RMSE at 30/60 min on the later days with the population "
         "model."
     )
@@ -50,7 +50,7 @@ class Command(BaseCommand):
                     config=FineTuneConfig(steps=options["steps"]),
                 )
         self.stdout.write(
-            "| subject | tuned head kept | n later | RMSE30 pop | RMSE30 personal | RMSE60 pop | RMSE60 personal |"
+            "| subject | own layer kept | n later | RMSE30 pop | RMSE30 personal | RMSE60 pop | RMSE60 personal |"
         )
         self.stdout.write("|---|---|---|---|---|---|---|")
         for r in rows:
