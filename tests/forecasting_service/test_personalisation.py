@@ -18,29 +18,10 @@ from forecasting import services, tasks
 from forecasting.ml.data import SubjectReadings, batch_from_subjects
 from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
 from forecasting.models import Forecast, PatientPersonalisation
-from glucoscope.patients.models import Patient
-from glucoscope.readings.models import GlucoseReading, ReadingSource
 from tests.conftest import World, bearer
+from tests.factories import store_swinging_readings, swing_mgdl
 
 pytestmark = pytest.mark.django_db
-
-
-def _swing(k: np.ndarray) -> np.ndarray:
-    """A glucose swing with a 3-hour period (mg/dL): regular enough that a week of it teaches the model."""
-    return 150 + 60 * np.sin(2 * np.pi * k / 36)
-
-
-def _store(patient: Patient, now: datetime, days: float) -> list[datetime]:
-    """`days` of 5-minute readings up to 1 minute before `now`, in UTC; returns their times."""
-    n = int(days * 288)
-    times = [now - timedelta(minutes=5 * (n - 1 - k) + 1) for k in range(n)]
-    patient.time_zone = "UTC"
-    patient.save(update_fields=["time_zone"])
-    GlucoseReading.objects.bulk_create([
-        GlucoseReading(patient=patient, measured_at=moment, value_mgdl=round(float(value), 1), source=ReadingSource.APP, received_at=now)
-        for moment, value in zip(times, _swing(np.arange(n)), strict=True)
-    ])
-    return times
 
 
 def _p50(forecast: Forecast) -> list[float]:
@@ -53,8 +34,8 @@ def now() -> datetime:
 
 
 def test_a_week_of_readings_gives_the_patient_their_own_layer_and_the_worker_uses_it(world: World, now: datetime) -> None:
-    times = _store(world.alice, now, days=8)
-    _store(world.bob, now, days=0.5)  # the same last 6 hours, no history
+    times = store_swinging_readings(world.alice, now, days=8)
+    store_swinging_readings(world.bob, now, days=0.5)  # the same last 6 hours, no history
     row = services.patient_personalise(patient_id=world.alice.pk, now=now)
     assert row.kept and row.personal_loss < 0.99 * row.population_loss
     assert (row.data_start, row.data_end, row.days_of_data, row.with_treatments) == (times[0], times[-1], 8.0, False)
@@ -70,7 +51,7 @@ def test_a_week_of_readings_gives_the_patient_their_own_layer_and_the_worker_use
     layer = PersonalOutputLayer.from_bytes(bytes(row.output_layer), forecaster.network)
     last = times[-78:]
     subject = SubjectReadings("direct", np.array([int(t.timestamp()) for t in last], dtype=np.int64),
-                              np.round(_swing(np.arange(len(times)))[-78:], 1), np.zeros(78, dtype=np.int8))
+                              np.round(swing_mgdl(np.arange(len(times)))[-78:], 1), np.zeros(78, dtype=np.int8))
     direct = forecaster.forecast_batch(batch_from_subjects([subject]), personal={0: layer}).quantiles[0, :, 1]
     np.testing.assert_allclose(_p50(alice), direct, atol=0.05 + 1e-6)
     # Bob's last 6 hours are the same readings; only Alice's layer makes her forecast differ.
@@ -82,7 +63,7 @@ def test_a_week_of_readings_gives_the_patient_their_own_layer_and_the_worker_use
 
 
 def test_too_little_data_or_no_patient_is_refused_with_the_reason_and_stores_nothing(world: World, now: datetime) -> None:
-    _store(world.alice, now, days=3)
+    store_swinging_readings(world.alice, now, days=3)
     with pytest.raises(services.PersonalisationRefused, match=r"at least 7 days of readings, this patient has 3\.0"):
         services.patient_personalise(patient_id=world.alice.pk, now=now)
     with pytest.raises(services.PersonalisationRefused, match="there is no patient 987654"):
@@ -96,7 +77,7 @@ def _copy(row: PatientPersonalisation, **changes: object) -> PatientPersonalisat
 
 
 def test_the_newest_tuning_decides_and_one_that_was_not_kept_means_the_population_layer(world: World, now: datetime) -> None:
-    _store(world.alice, now, days=8)
+    store_swinging_readings(world.alice, now, days=8)
     kept = services.patient_personalise(patient_id=world.alice.pk, now=now - timedelta(minutes=10))
     _copy(kept, fitted_at=now, output_layer=None, personal_loss=kept.population_loss)
     [forecast] = services.patients_forecast(patient_ids=[world.alice.pk], now=now)
@@ -104,7 +85,7 @@ def test_the_newest_tuning_decides_and_one_that_was_not_kept_means_the_populatio
 
 
 def test_a_layer_tuned_with_logged_treatments_is_not_used_for_a_forecast_without_them(world: World, now: datetime) -> None:
-    _store(world.alice, now, days=8)
+    store_swinging_readings(world.alice, now, days=8)
     kept = services.patient_personalise(patient_id=world.alice.pk, now=now - timedelta(minutes=10))
     _copy(kept, fitted_at=now, with_treatments=True)
     [forecast] = services.patients_forecast(patient_ids=[world.alice.pk], now=now)
@@ -112,8 +93,8 @@ def test_a_layer_tuned_with_logged_treatments_is_not_used_for_a_forecast_without
 
 
 def test_patients_are_due_with_seven_days_of_readings_and_again_after_the_refresh_period(world: World, now: datetime) -> None:
-    _store(world.alice, now, days=7.5)
-    _store(world.bob, now, days=6.5)
+    store_swinging_readings(world.alice, now, days=7.5)
+    store_swinging_readings(world.bob, now, days=6.5)
     assert services.patients_due_for_personalisation(now=now) == [world.alice.pk]
     services.patient_personalise(patient_id=world.alice.pk, now=now)
     assert services.patients_due_for_personalisation(now=now) == []
@@ -122,8 +103,8 @@ def test_patients_are_due_with_seven_days_of_readings_and_again_after_the_refres
 
 def test_the_task_tunes_only_a_patient_who_is_due_and_the_sweep_queues_every_due_patient(world: World) -> None:
     now = timezone.now().replace(microsecond=0)
-    _store(world.alice, now, days=8)
-    _store(world.bob, now, days=8)
+    store_swinging_readings(world.alice, now, days=8)
+    store_swinging_readings(world.bob, now, days=8)
     assert tasks.personalise_patient(world.alice.pk) is True
     assert tasks.personalise_patient(world.alice.pk) is None  # done for this version: idempotent
     assert tasks.sweep_personalisation() == 1  # only Bob is left; tasks run eagerly in tests
@@ -133,8 +114,8 @@ def test_the_task_tunes_only_a_patient_who_is_due_and_the_sweep_queues_every_due
 
 def test_the_command_reports_each_patient_and_skips_those_it_cannot_tune(world: World) -> None:
     now = timezone.now().replace(microsecond=0)
-    _store(world.alice, now, days=8)
-    _store(world.bob, now, days=2)
+    store_swinging_readings(world.alice, now, days=8)
+    store_swinging_readings(world.bob, now, days=2)
     out = StringIO()
     call_command("personalise_patients", "--patient", str(world.alice.pk), "--patient", str(world.bob.pk),
                  "--patient", "987654", "--no-progress", stdout=out)

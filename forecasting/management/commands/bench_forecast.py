@@ -11,7 +11,9 @@ Measures, in one run:
       ``PatientForecast`` objects (``to_patient_forecasts``, the storage side's row form); and the same batch through
       ``forecasting.services.patients_forecast`` with its PostgreSQL read and store;
   (c) latency from a reading POST (gunicorn) to its stored Forecast, processed by a real Celery worker
-      subprocess over Redis: p50/p95.
+      subprocess over Redis: p50/p95;
+  (d) personalisation: the batch of (b) with every patient on an output layer of their own, next to the
+      same raw forward pass, and the time to tune one patient's layer on 7 and 28 days of readings.
 
 It needs a dedicated benchmark database (``make bench-forecast`` creates ``glucoscope_bench``): the patients
 it creates are deleted again at the end, and the Redis database's queues are purged.
@@ -46,6 +48,8 @@ from django.utils import timezone
 from forecasting.ml.data import batch_from_arrays, readings_from_arrays
 from forecasting.ml.datasets import sufficient_history
 from forecasting.ml.inference import Forecaster
+from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
+from forecasting.ml.personalise import fine_tune
 from forecasting.ml.pipeline import forecast_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -103,6 +107,7 @@ class Command(BaseCommand):
         parser.add_argument("--skip-csv", action="store_true", help="skip (a)")
         parser.add_argument("--skip-inference", action="store_true", help="skip (b)")
         parser.add_argument("--skip-e2e", action="store_true", help="skip (c) (no worker, Redis or gunicorn)")
+        parser.add_argument("--skip-personalisation", action="store_true", help="skip (d)")
         parser.add_argument("--force", action="store_true", help="allow a database whose name lacks 'bench'")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -127,6 +132,9 @@ class Command(BaseCommand):
                 self._row(row)
         if not options["skip_inference"]:
             for row in self._bench_inference(sizes):
+                self._row(row)
+        if not options["skip_personalisation"]:
+            for row in self._bench_personalisation(max(sizes)):
                 self._row(row)
         if not options["skip_e2e"]:
             e2e = self._bench_e2e(options["posts"])
@@ -220,6 +228,62 @@ class Command(BaseCommand):
         if connection.vendor == "postgresql":
             out.append(self._bench_service_db(max(sizes), rng))
         return out
+
+    # --- (d) personalisation ---------------------------------------------------------------
+
+    def _bench_personalisation(self, size: int) -> list[tuple[str, str, str, str, str]]:
+        forecaster = Forecaster.load()
+        network = forecaster.network
+        assert isinstance(network, PatchGRUForecaster)
+        rng = np.random.default_rng(1)
+        end = int(pd.Timestamp("2024-06-01 12:00").value // 10**9)
+        series = synthetic_series(size, rng, end)
+        batch = batch_from_arrays(np.concatenate([t for t, _ in series]), np.concatenate([v for _, v in series]),
+                                  [t.shape[0] for t, _ in series], [str(i) for i in range(size)])
+        weight = network.output_layer.weight.detach().numpy()
+        bias = network.output_layer.bias.detach().numpy()
+        layers = {i: PersonalOutputLayer((weight + rng.normal(0, 0.01, weight.shape)).astype(np.float32), bias.copy())
+                  for i in range(size)}
+        bank, grids = forecaster.make_bank({str(i): readings_from_arrays(t, v, subject_id=str(i)) for i, (t, v) in enumerate(series)})
+        x = torch.from_numpy(bank.windows(np.array([bank.offsets[k] + grids[k].n_slots - 1 for k in grids], dtype=np.int64)))
+
+        def raw() -> None:
+            with torch.inference_mode():
+                network(x)
+
+        def population() -> None:
+            assert forecaster.forecast_batch(batch).ok.all()
+
+        def personal() -> None:
+            assert forecaster.forecast_batch(batch, personal=layers).ok.all()
+
+        raw(), population(), personal()
+        raw_rate = population_rate = personal_rate = 0.0
+        for _ in range(self.repeat):
+            raw_rate = max(raw_rate, _best_rate(raw, size, 1))
+            population_rate = max(population_rate, _best_rate(population, size, 1))
+            personal_rate = max(personal_rate, _best_rate(personal, size, 1))
+        rows = [(f"(d) service inference, batch {size}, every patient on their own output layer", f"{size} patients",
+                 f"{personal_rate:,.0f} patients/s; {population_rate:,.0f}/s on the population layer",
+                 f"raw {raw_rate:,.0f} windows/s",
+                 f"ratio {personal_rate / raw_rate:.2f} (population {population_rate / raw_rate:.2f}); own layers cost "
+                 f"{population_rate / personal_rate - 1:.0%}")]
+        for days in (7, 28):
+            n = days * 288
+            times = end - 300 * np.arange(n - 1, -1, -1, dtype=np.int64)
+            values = np.clip(140 + 50 * np.sin(np.arange(n) / 20) + np.cumsum(rng.normal(0, 1.0, n)) * 0.2, 45, 390)
+            readings = readings_from_arrays(times, np.round(values), subject_id="tune")
+            best = min(self._seconds(lambda readings=readings: fine_tune(forecaster, readings)) for _ in range(self.repeat))
+            rows.append((f"(d) tune one patient's output layer on {days} days of readings (300 steps, 1 thread)",
+                         f"{n:,} readings", f"{best:.2f} s", f"{3600 / best:,.0f} patients/h per worker",
+                         "the daily sweep's cost per patient"))
+        return rows
+
+    @staticmethod
+    def _seconds(run: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
 
     def _bench_service_db(self, size: int, rng: np.random.Generator) -> tuple[str, str, str, str, str]:
         """The whole worker step for one batch: PostgreSQL read, inference, Forecast/RiskAssessment store."""
