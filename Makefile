@@ -68,7 +68,7 @@ loadtest: install
 	$(BIN)/python manage.py loadtest $(LOADTEST_ARGS)
 
 worker: install
-	$(BIN)/celery -A glucoscope worker -Q ingest,forecasting,notifications --loglevel=INFO
+	$(BIN)/celery -A glucoscope worker -Q ingest,forecasting,notifications,batch --loglevel=INFO
 
 beat: install
 	$(BIN)/celery -A glucoscope beat --loglevel=INFO

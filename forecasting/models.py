@@ -36,8 +36,9 @@ class PatientPersonalisation(models.Model):
     """One tuning of a model version's output layer on a patient's own readings (forecasting/ml/personalise.py).
 
     `output_layer` holds the tuned layer (float32, little-endian: weight then bias) when it beat the
-    population layer on the newest, held-back fifth of the patient's data; otherwise it is empty and
-    the patient keeps the population layer. Rows are never updated: each run adds one, and the
+    population layer on the newest, held-back part of the patient's data; otherwise it is empty and
+    the patient keeps the population layer. Layers are tuned from glucose alone and used only for
+    forecasts without carbohydrate or insulin data (forecasting/ml/personalise.py says why). Rows are never updated: each run adds one, and the
     newest row per patient and version is the one the worker uses.
     """
 
@@ -51,9 +52,6 @@ class PatientPersonalisation(models.Model):
     check_windows = models.PositiveIntegerField()
     population_loss = models.FloatField(help_text="Pinball loss of the population layer on the held-back windows.")
     personal_loss = models.FloatField(help_text="Pinball loss of the tuned layer on the held-back windows.")
-    with_treatments = models.BooleanField(
-        default=False, help_text="Tuned with the patient's logged carbohydrate and insulin; used only for forecasts that have them.",
-    )
     output_layer = models.BinaryField(null=True, blank=True)
 
     class Meta:

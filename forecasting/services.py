@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, Field, OuterRef, Q, Subquery
+from django.db.models import Exists, Field, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from forecasting.models import (
@@ -176,6 +176,7 @@ def forecaster_for(version: ModelVersion) -> Forecaster:
             # model that a newer one has overwritten): serving it would mislabel every forecast.
             raise ValueError(ERR_ARTIFACT_CHANGED.format(version=version.version, path=version.artifact_path))
         _loaded.clear()
+        _layers.clear()  # personal layers belong to one network
         _loaded[key] = forecaster
     return cast("Forecaster", _loaded[key])
 
@@ -192,8 +193,8 @@ def _local_seconds(moments: Sequence[datetime], zone: ZoneInfo) -> np.ndarray:
 def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None) -> list[Forecast]:
     """Forecast a group of patients in one batched forward pass and store the results idempotently.
 
-    A patient with a personal output layer for the active version (`patient_personalise`) gets it,
-    when it was tuned in the same input mode (with or without logged treatments) as this forecast.
+    A patient with a personal output layer for the active version (`patient_personalise`) gets it for a
+    forecast without carbohydrate or insulin data: layers are tuned from glucose alone.
     """
     from forecasting.ml.datasets import MAX_STALENESS_MINUTES
     from forecasting.ml.inference import REASON_NO_READINGS, REASON_STALE, STATUS_INSUFFICIENT, PatientForecast
@@ -221,7 +222,7 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
         layers = personal_layers(patients=batch, version=version)
         personal = {}
         for row, patient in enumerate(batch):
-            if patient.pk in layers and layers[patient.pk].with_treatments == bool(readings.has_treatments[row]):
+            if patient.pk in layers and not readings.has_treatments[row]:
                 personal[row] = layers[patient.pk].layer
                 used[patient.pk] = layers[patient.pk].pk
         outputs = forecaster.forecast_batch(readings, personal=personal).to_patient_forecasts()
@@ -244,12 +245,17 @@ def _readings_by_patient(patients: Sequence[Patient], *, start: datetime, end: d
 
 def _model_inputs(
     patients: Sequence[Patient], series_of: Sequence[Sequence[tuple[datetime, object]]], *,
-    treatments_since: datetime, now: datetime,
+    treatments_since: datetime | None, now: datetime,
 ) -> BatchReadings:
-    """The model's flat-array batch: local clock times, glucose, and the treatments logged since `treatments_since`."""
+    """The model's flat-array batch: local clock times, glucose, and the treatments logged since `treatments_since`
+    (none when it is None)."""
     from forecasting.ml.data import batch_from_arrays
 
-    carbs, insulin, known = _treatments_on_readings(patients, series_of, since=treatments_since, now=now)
+    if treatments_since is None:
+        total = sum(len(series) for series in series_of)
+        carbs, insulin, known = np.zeros(total), np.zeros(total), np.zeros(len(patients), dtype=bool)
+    else:
+        carbs, insulin, known = _treatments_on_readings(patients, series_of, since=treatments_since, now=now)
     return batch_from_arrays(
         np.concatenate([_local_seconds([m for m, _ in s], ZoneInfo(p.time_zone)) for p, s in zip(patients, series_of, strict=True)]),
         [v for s in series_of for _, v in s],
@@ -451,15 +457,17 @@ class PersonalisationRefused(ValueError):
     """The patient cannot be personalised now (too little data); the message says why."""
 
 
-def patient_personalise(*, patient_id: int, now: datetime | None = None) -> PatientPersonalisation:
+def patient_personalise(*, patient_id: int, now: datetime | None = None, only_if_due: bool = False) -> PatientPersonalisation | None:
     """Tune the active version's output layer on the patient's last PERSONALISATION_HISTORY of readings; store the outcome.
 
     Always stores a row, kept or not, so the sweep does not retry a patient the tuning did not help
-    until PERSONALISATION_REFRESH has passed. The patient's logged carbohydrate and insulin are used
-    when there are any in that period (`with_treatments`).
+    until PERSONALISATION_REFRESH has passed. Tuning reads glucose only (forecasting/ml/personalise.py).
+    With `only_if_due` (the task), nothing is done for a patient who is not due, and the check is made
+    again under a lock on the patient before storing, so two runs racing on one patient (a redelivered
+    task next to the next day's sweep) store one row; the loser returns None.
 
     Raises:
-        PersonalisationRefused: fewer than MIN_DAYS days of readings in the period.
+        PersonalisationRefused: no such patient, or too little data (fewer than MIN_DAYS days of readings).
     """
     from forecasting.ml.personalise import fine_tune
 
@@ -469,37 +477,49 @@ def patient_personalise(*, patient_id: int, now: datetime | None = None) -> Pati
     patient = Patient.objects.filter(pk=patient_id).first()
     if patient is None:
         raise PersonalisationRefused(f"there is no patient {patient_id}")
+    if only_if_due and not patients_due_for_personalisation(patient_ids=[patient_id], now=now):
+        return None
     start = now - settings.PERSONALISATION_HISTORY
     series = _readings_by_patient([patient], start=start, end=now)[patient.pk]
-    inputs = _model_inputs([patient], [series], treatments_since=start, now=now)
     try:
-        result = fine_tune(forecaster, inputs.subject(0))
+        result = fine_tune(forecaster, _model_inputs([patient], [series], treatments_since=None, now=now).subject(0))
     except ValueError as refused:
         raise PersonalisationRefused(f"patient {patient_id}: {refused}") from refused
-    return PatientPersonalisation.objects.create(
-        patient=patient, model_version=version, fitted_at=now,
-        data_start=series[0][0], data_end=series[-1][0], days_of_data=result.days,
-        fit_windows=result.fit_windows, check_windows=result.check_windows,
-        population_loss=result.population_loss, personal_loss=result.personal_loss,
-        with_treatments=bool(inputs.has_treatments[0]),
-        output_layer=result.layer.to_bytes() if result.layer is not None else None,
-    )
+    with transaction.atomic():
+        if Patient.objects.select_for_update().filter(pk=patient_id).first() is None:
+            return None  # deleted while tuning
+        if only_if_due and _personalised_recently(version, now).filter(patient_id=patient_id).exists():
+            return None
+        return PatientPersonalisation.objects.create(
+            patient=patient, model_version=version, fitted_at=now,
+            data_start=series[0][0], data_end=series[-1][0], days_of_data=result.days,
+            fit_windows=result.fit_windows, check_windows=result.check_windows,
+            population_loss=result.population_loss, personal_loss=result.personal_loss,
+            output_layer=result.layer.to_bytes() if result.layer is not None else None,
+        )
+
+
+def _personalised_recently(version: ModelVersion, now: datetime) -> QuerySet[PatientPersonalisation]:
+    return PatientPersonalisation.objects.filter(model_version=version, fitted_at__gt=now - settings.PERSONALISATION_REFRESH)
 
 
 def patients_due_for_personalisation(*, patient_ids: Sequence[int] | None = None, now: datetime | None = None) -> list[int]:
-    """Patients (of `patient_ids`, or all) with at least MIN_DAYS of readings in PERSONALISATION_HISTORY and no
+    """Patients (of `patient_ids`, or all) with at least MIN_READINGS readings in PERSONALISATION_HISTORY and no
     tuning for the active version within PERSONALISATION_REFRESH (one aggregate query over the period, as the
     nightly glucotypes do)."""
     from forecasting.glucotypes import patients_eligible
-    from forecasting.ml.personalise import MIN_DAYS
+    from forecasting.ml.personalise import MIN_READINGS
 
     now = now or timezone.now()
-    version = model_version_active()
-    recent = PatientPersonalisation.objects.filter(model_version=version, fitted_at__gt=now - settings.PERSONALISATION_REFRESH)
+    # The readings patient_personalise reads, (now - history, now], as the half-open [start, end) it counts.
+    tick = timedelta(microseconds=1)
     enough = patients_eligible(
-        start=now - settings.PERSONALISATION_HISTORY, end=now, patient_ids=patient_ids, min_readings=int(MIN_DAYS * 288),
+        start=now - settings.PERSONALISATION_HISTORY + tick, end=now + tick, patient_ids=patient_ids, min_readings=MIN_READINGS,
     )
-    done = set(recent.filter(patient_id__in=enough).values_list("patient_id", flat=True))
+    recent = _personalised_recently(model_version_active(), now)
+    if patient_ids is not None:
+        recent = recent.filter(patient_id__in=patient_ids)
+    done = set(recent.values_list("patient_id", flat=True))
     return [patient_id for patient_id in enough if patient_id not in done]
 
 
@@ -508,13 +528,14 @@ class PersonalLayer:
     """A stored personal output layer, as the worker uses it."""
 
     pk: int
-    with_treatments: bool
     layer: PersonalOutputLayer
 
 
-# Decoded layers by row id, per worker process: rows are never updated, so an id always names the same
-# layer, and a batch reads only the ids of its patients' newest rows (37 kB each otherwise).
-_layers: OrderedDict[int, PersonalLayer] = OrderedDict()
+# Decoded layers per worker process, by (row id, patient, time fitted): rows are never updated, and the
+# patient and time guard against a row id that names another row after a database restore. A batch reads
+# only the keys of its patients' newest rows; a layer (37 kB) is read once per process. Cleared when the
+# process loads another model version.
+_layers: OrderedDict[tuple[int, int, datetime], PersonalLayer] = OrderedDict()
 LAYER_CACHE_SIZE = 4096
 
 
@@ -523,20 +544,22 @@ def personal_layers(*, patients: Sequence[Patient], version: ModelVersion) -> di
     from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
 
     newest = PatientPersonalisation.objects.filter(patient=OuterRef("patient"), model_version=version).order_by("-fitted_at", "-pk")
-    rows = list(
+    keys = [
+        (pk, patient_id, fitted_at) for pk, patient_id, fitted_at in
         PatientPersonalisation.objects.filter(patient__in=patients, model_version=version, pk=Subquery(newest.values("pk")[:1]))
-        .exclude(output_layer__isnull=True).values_list("pk", "patient_id", "with_treatments")
-    )
-    missing = [pk for pk, _, _ in rows if pk not in _layers]
+        .exclude(output_layer__isnull=True).values_list("pk", "patient_id", "fitted_at")
+    ]
+    missing = {key[0]: key for key in keys if key not in _layers}
     if missing:
         network = forecaster_for(version).network
         assert isinstance(network, PatchGRUForecaster)
-        for pk, data, with_treatments in PatientPersonalisation.objects.filter(pk__in=missing).values_list("pk", "output_layer", "with_treatments"):
-            _layers[pk] = PersonalLayer(pk, with_treatments, PersonalOutputLayer.from_bytes(bytes(cast(bytes, data)), network))
+        for pk, data in PatientPersonalisation.objects.filter(pk__in=missing).values_list("pk", "output_layer"):
+            _layers[missing[pk]] = PersonalLayer(pk, PersonalOutputLayer.from_bytes(bytes(cast(bytes, data)), network))
     found = {}
-    for pk, patient_id, _ in rows:
-        _layers.move_to_end(pk)
-        found[patient_id] = _layers[pk]
+    for key in keys:
+        if key in _layers:  # a row deleted between the two queries (an account deletion) is skipped
+            _layers.move_to_end(key)
+            found[key[1]] = _layers[key]
     while len(_layers) > LAYER_CACHE_SIZE:
         _layers.popitem(last=False)
     return found

@@ -45,12 +45,11 @@ def sweep_stale_forecasts() -> int:
 )
 def personalise_patient(patient_id: int) -> bool | None:
     """Tune the patient's own output layer if due; True/False: kept or not, None: not due or too little data."""
-    if patient_id not in services.patients_due_for_personalisation(patient_ids=[patient_id]):
-        return None
     try:
-        return services.patient_personalise(patient_id=patient_id).kept
+        row = services.patient_personalise(patient_id=patient_id, only_if_due=True)
     except services.PersonalisationRefused:
         return None
+    return None if row is None else row.kept
 
 
 @shared_task(name="forecasting.sweep_personalisation", soft_time_limit=600, time_limit=660)

@@ -164,6 +164,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBIL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "ingest"
 CELERY_TASK_ROUTES = {
+    # Long periodic jobs get a queue of their own, so a forecast after an ingest never waits behind a
+    # night's glucotype fit or a day's personalisation of every due patient. Exact names win over globs.
+    "forecasting.stratify_glucotypes": {"queue": "batch"},
+    "forecasting.sweep_personalisation": {"queue": "batch"},
+    "forecasting.personalise_patient": {"queue": "batch"},
     "readings.*": {"queue": "ingest"},
     "forecasting.*": {"queue": "forecasting"},
     "notifications.*": {"queue": "notifications"},

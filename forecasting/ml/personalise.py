@@ -7,9 +7,16 @@ own layer in one batched product (``networks.RowOutputLayers``), and a patient's
 Since everything before that layer is frozen, its inputs are computed once per window and the tuning
 is a small linear problem under the pinball loss: a fraction of a second per patient on a CPU.
 
+Layers are tuned from glucose alone, for glucose-only forecasts. Why: whether carbohydrate and insulin
+are "known" is decided per forecast (a log in the last 24 h), while a layer is tuned on weeks of data in
+which a patient logs on some days and not on others; tuned with treatments, the layer would learn from
+days where "nothing logged" read as "ate nothing". The worker therefore uses a patient's layer only for
+forecasts without treatment data.
+
 Patients with less than ``MIN_DAYS`` of data keep the population model. The newest part of the
-patient's data is held back and the tuned layer is kept only when it beats the population layer
-there (an earlier version without that guard made most held-out subjects worse).
+patient's data is held back: its first half picks the best checkpoint, and the tuned layer is kept
+only when it beats the population layer on the second half (an earlier version without that guard
+made most held-out subjects worse; one half for both choices would favour keeping).
 :func:`personalisation_gain` measures the effect honestly: tune on the first days, score on the
 later days only.
 """
@@ -30,6 +37,10 @@ from forecasting.ml.inference import Forecaster
 from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer, pinball_loss
 
 MIN_DAYS = 7.0
+#: Readings in MIN_DAYS of 5-minute data: the one count both the tuning and the daily sweep go by.
+MIN_READINGS = int(MIN_DAYS * 1440 / 5)
+#: Fewer windows than this to tune on, or to check on, and tuning is refused rather than trusted.
+MIN_FIT_WINDOWS, MIN_CHECK_WINDOWS = 1000, 200
 
 
 def data_days(readings: SubjectReadings) -> float:
@@ -41,7 +52,8 @@ def data_days(readings: SubjectReadings) -> float:
 class FineTuneResult:
     """What tuning found: the layer to use (None: keep the population layer) and the held-back losses.
 
-    Losses are the mean pinball loss (normalised scale) on the newest, held-back part of the data.
+    Losses are the mean pinball loss (normalised scale) on the half of the held-back windows that decides
+    whether the layer is kept; ``check_windows`` counts both halves.
     """
 
     layer: PersonalOutputLayer | None
@@ -67,7 +79,8 @@ class FineTuneConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
-    #: The newest part of the patient's data held back to decide whether tuning helps.
+    #: The newest part of the patient's windows held back: its first half picks the checkpoint, its
+    #: second half decides whether the tuned layer is kept.
     holdout_fraction: float = 0.2
     check_every: int = 25
     #: Keep the tuned layer only if it beats the population layer by this much.
@@ -97,21 +110,26 @@ def _network(forecaster: Forecaster) -> PatchGRUForecaster:
 
 
 def fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTuneConfig | None = None) -> FineTuneResult:
-    """Tune a copy of the output layer on ``readings``; the forecaster itself is left unchanged.
+    """Tune a copy of the output layer on ``readings`` (glucose only); the forecaster itself is left unchanged.
 
-    The newest ``holdout_fraction`` of the patient's windows is held back, with a gap of one horizon
-    so no training target falls in it. The layer is checkpointed on that part and kept only if it
-    beats the population layer by ``min_relative_gain``.
+    The newest ``holdout_fraction`` of the patient's windows is held back, after a gap of one horizon
+    so no training target falls in it. The first half of it picks the best checkpoint; the layer is
+    kept only if it beats the population layer on the second half by ``min_relative_gain``.
 
     Raises:
-        ValueError: when the patient has less than MIN_DAYS of data.
+        ValueError: when the patient has less than MIN_DAYS of readings, or too few usable windows.
     """
     config = config or FineTuneConfig()
     days = data_days(readings)
-    if days < MIN_DAYS:
+    if len(readings) < MIN_READINGS:
         raise ValueError(f"personalisation needs at least {MIN_DAYS:g} days of readings, this patient has {days:.1f}")
     with _one_torch_thread():
-        return _fine_tune(forecaster, readings, config, days)
+        return _fine_tune(forecaster, glucose_only(readings), config, days)
+
+
+def glucose_only(readings: SubjectReadings) -> SubjectReadings:
+    """The same readings without carbohydrate and insulin: the input personal layers are tuned and used on."""
+    return SubjectReadings(readings.subject_id, readings.times, readings.glucose, readings.flags, cohort=readings.cohort)
 
 
 def _fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTuneConfig, days: float) -> FineTuneResult:
@@ -123,10 +141,17 @@ def _fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTu
     bank.finalize()
     origins = bank.training_origins()
     cut = int(origins.shape[0] * (1 - config.holdout_fraction))
-    fit = TrainingWindows(bank, origins[: max(cut - forecaster.config.horizon_steps, 1)])
-    check = TrainingWindows(bank, origins[cut:])
-    fit_x, fit_y, fit_mask = _frozen_features(network, fit, device)
-    check_x, check_y, check_mask = _frozen_features(network, check, device)
+    fit_origins = origins[: max(cut - forecaster.config.horizon_steps, 0)]
+    held_back = origins[cut:]
+    if fit_origins.shape[0] < MIN_FIT_WINDOWS or held_back.shape[0] < MIN_CHECK_WINDOWS:
+        raise ValueError(
+            f"personalisation needs {MIN_FIT_WINDOWS} windows to tune on and {MIN_CHECK_WINDOWS} to check on; this "
+            f"patient's readings give {fit_origins.shape[0]} and {held_back.shape[0]} (gaps leave windows without history)"
+        )
+    half = held_back.shape[0] // 2
+    fit_x, fit_y, fit_mask = _frozen_features(network, TrainingWindows(bank, fit_origins), device)
+    pick = _frozen_features(network, TrainingWindows(bank, held_back[:half]), device)
+    decide = _frozen_features(network, TrainingWindows(bank, held_back[half:]), device)
     population = network.output_layer
     weight = population.weight.detach().clone().requires_grad_(True)
     bias = population.bias.detach().clone().requires_grad_(True)
@@ -136,8 +161,8 @@ def _fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTu
 
     optimiser = torch.optim.Adam([weight, bias], lr=config.learning_rate)
     with torch.no_grad():
-        population_loss = float(loss_of(check_x, check_y, check_mask))
-    best_loss, best = population_loss, (weight.detach().clone(), bias.detach().clone())
+        population_pick, population_loss = float(loss_of(*pick)), float(loss_of(*decide))
+    best_pick, best = population_pick, (weight.detach().clone(), bias.detach().clone())
     for step in range(1, config.steps + 1):
         rows = torch.randperm(fit_x.shape[0], generator=generator)[: config.batch_size].to(device)
         loss = loss_of(fit_x[rows], fit_y[rows], fit_mask[rows])
@@ -146,12 +171,16 @@ def _fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTu
         optimiser.step()
         if step % config.check_every == 0 or step == config.steps:
             with torch.no_grad():
-                current = float(loss_of(check_x, check_y, check_mask))
-            if current < best_loss:
-                best_loss, best = current, (weight.detach().clone(), bias.detach().clone())
-    kept = best_loss < population_loss * (1 - config.min_relative_gain)
+                current = float(loss_of(*pick))
+            if current < best_pick:
+                best_pick, best = current, (weight.detach().clone(), bias.detach().clone())
+    with torch.no_grad():
+        weight.copy_(best[0])
+        bias.copy_(best[1])
+        personal_loss = float(loss_of(*decide))
+    kept = personal_loss < population_loss * (1 - config.min_relative_gain)
     layer = PersonalOutputLayer(best[0].cpu().numpy(), best[1].cpu().numpy()) if kept else None
-    return FineTuneResult(layer, population_loss, best_loss, len(fit), len(check), days)
+    return FineTuneResult(layer, population_loss, personal_loss, int(fit_origins.shape[0]), int(held_back.shape[0]), days)
 
 
 def _frozen_features(network: PatchGRUForecaster, windows: TrainingWindows, device: str) -> tuple[torch.Tensor, ...]:
@@ -196,6 +225,8 @@ def personalisation_gain(
         cut_index = int(fit_days * 288)
         cut_time = int(r.times[min(cut_index, len(r) - 1)])
         tuned = fine_tune(forecaster, _split_at(r, cut_time), config)
+        # Scored as served: personal layers are for glucose-only forecasts, so both sides read glucose only.
+        r = glucose_only(r)
         row: dict[str, object] = {
             "subject": key,
             "cohort": r.cohort,

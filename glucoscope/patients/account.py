@@ -100,7 +100,6 @@ TABLES: tuple[Table, ...] = (
         ("personalisation_id", "pk"), ("fitted_at_utc", "fitted_at"), ("model_version", "model_version__version"),
         ("data_start_utc", "data_start"), ("data_end_utc", "data_end"), ("days_of_data", "days_of_data"),
         ("held_back_loss_population", "population_loss"), ("held_back_loss_personal", "personal_loss"),
-        ("with_treatments", "with_treatments"),
     ), lambda p: _forecasting().PatientPersonalisation.objects.filter(patient=p).order_by("fitted_at", "pk")),
     Table("risk_assessments", (
         ("forecast_id", "forecast_id"), ("p_below_70_mgdl_30min", "below_70_30min"),

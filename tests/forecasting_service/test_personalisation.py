@@ -18,6 +18,7 @@ from forecasting import services, tasks
 from forecasting.ml.data import SubjectReadings, batch_from_subjects
 from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
 from forecasting.models import Forecast, PatientPersonalisation
+from glucoscope.readings.treatments import treatment_batch_ingest
 from tests.conftest import World, bearer
 from tests.factories import store_swinging_readings, swing_mgdl
 
@@ -38,7 +39,7 @@ def test_a_week_of_readings_gives_the_patient_their_own_layer_and_the_worker_use
     store_swinging_readings(world.bob, now, days=0.5)  # the same last 6 hours, no history
     row = services.patient_personalise(patient_id=world.alice.pk, now=now)
     assert row.kept and row.personal_loss < 0.99 * row.population_loss
-    assert (row.data_start, row.data_end, row.days_of_data, row.with_treatments) == (times[0], times[-1], 8.0, False)
+    assert (row.data_start, row.data_end, row.days_of_data) == (times[0], times[-1], 8.0)
     assert row.model_version == services.model_version_active() and row.fitted_at == now
 
     forecasts = {f.patient_id: f for f in services.patients_forecast(patient_ids=[world.alice.pk, world.bob.pk], now=now)}
@@ -79,17 +80,45 @@ def _copy(row: PatientPersonalisation, **changes: object) -> PatientPersonalisat
 def test_the_newest_tuning_decides_and_one_that_was_not_kept_means_the_population_layer(world: World, now: datetime) -> None:
     store_swinging_readings(world.alice, now, days=8)
     kept = services.patient_personalise(patient_id=world.alice.pk, now=now - timedelta(minutes=10))
+    assert kept is not None
     _copy(kept, fitted_at=now, output_layer=None, personal_loss=kept.population_loss)
     [forecast] = services.patients_forecast(patient_ids=[world.alice.pk], now=now)
     assert forecast.personalisation_id is None
 
 
-def test_a_layer_tuned_with_logged_treatments_is_not_used_for_a_forecast_without_them(world: World, now: datetime) -> None:
+def test_a_forecast_with_logged_treatments_or_without_a_current_reading_does_not_use_the_layer(world: World, now: datetime) -> None:
     store_swinging_readings(world.alice, now, days=8)
-    kept = services.patient_personalise(patient_id=world.alice.pk, now=now - timedelta(minutes=10))
-    _copy(kept, fitted_at=now, with_treatments=True)
-    [forecast] = services.patients_forecast(patient_ids=[world.alice.pk], now=now)
-    assert forecast.personalisation_id is None
+    store_swinging_readings(world.bob, now - timedelta(minutes=30), days=8)  # newest reading 31 min old: stale
+    for patient in (world.alice, world.bob):
+        assert services.patient_personalise(patient_id=patient.pk, now=now - timedelta(minutes=10)).kept  # type: ignore[union-attr]
+    # Layers are tuned from glucose alone: a forecast that reads Alice's logged meal uses the population layer.
+    outcome = treatment_batch_ingest(user=world.alice.user, items=[{"kind": "carbs", "carbs_g": 40, "timestamp": (now - timedelta(hours=1)).isoformat()}])
+    assert outcome.accepted == 1
+    forecasts = {f.patient_id: f for f in services.patients_forecast(patient_ids=[world.alice.pk, world.bob.pk], now=now)}
+    assert forecasts[world.alice.pk].status == "ok" and forecasts[world.alice.pk].personalisation_id is None
+    assert forecasts[world.bob.pk].status == "insufficient_data" and forecasts[world.bob.pk].personalisation_id is None
+
+
+def test_layers_are_cached_per_process_within_a_bound_and_read_again_when_evicted(
+    world: World, now: datetime, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for patient in (world.alice, world.bob):
+        store_swinging_readings(patient, now, days=8)
+        services.patient_personalise(patient_id=patient.pk, now=now - timedelta(minutes=10))
+    monkeypatch.setattr(services, "LAYER_CACHE_SIZE", 1)
+    services._layers.clear()
+    for _ in range(2):
+        layers = services.personal_layers(patients=[world.alice, world.bob], version=services.model_version_active())
+        assert set(layers) == {world.alice.pk, world.bob.pk} and len(services._layers) == 1
+
+
+def test_personalisation_runs_on_its_own_queue_so_forecasts_never_wait_behind_it() -> None:
+    from glucoscope.celery import app
+
+    queue = {name: app.amqp.router.route({}, name)["queue"].name for name in (
+        "forecasting.personalise_patient", "forecasting.sweep_personalisation", "forecasting.forecast_patients")}
+    assert queue == {"forecasting.personalise_patient": "batch", "forecasting.sweep_personalisation": "batch",
+                     "forecasting.forecast_patients": "forecasting"}
 
 
 def test_patients_are_due_with_seven_days_of_readings_and_again_after_the_refresh_period(world: World, now: datetime) -> None:

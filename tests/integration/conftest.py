@@ -83,7 +83,7 @@ def celery_worker_factory(real_services: None, transactional_db: None, tmp_path:
     app.control.purge()
     started: list[tuple[subprocess.Popen[bytes], Any]] = []
 
-    def start(*, queues: str = "ingest,forecasting,notifications", name: str = "it", wait: bool = True,
+    def start(*, queues: str = "ingest,forecasting,notifications,batch", name: str = "it", wait: bool = True,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"worker-{name}.log"
         log = open(log_path, "wb")

@@ -168,7 +168,7 @@ class CeleryWorker:
     """One `celery worker` process (solo pool: the task runs in the process we kill)."""
 
     def __init__(self, *, env: dict[str, str], log_path: Path, name: str,
-                 queues: str = "ingest,forecasting,notifications", wait: bool = True) -> None:
+                 queues: str = "ingest,forecasting,notifications,batch", wait: bool = True) -> None:
         self.log_path = log_path
         self.name = name
         self._log = open(log_path, "ab")

@@ -105,7 +105,7 @@ _EXPORT_KEYS = [
     "personalisations[].data_end_utc", "personalisations[].data_start_utc", "personalisations[].days_of_data",
     "personalisations[].fitted_at_utc", "personalisations[].held_back_loss_personal",
     "personalisations[].held_back_loss_population", "personalisations[].model_version",
-    "personalisations[].personalisation_id", "personalisations[].with_treatments", "profile",
+    "personalisations[].personalisation_id", "profile",
     "profile.account_created_at_utc", "profile.birth_year", "profile.created_at_utc", "profile.diabetes_type",
     "profile.email", "profile.first_name", "profile.last_name", "profile.patient_id", "profile.preferred_unit",
     "profile.target_high_mgdl", "profile.target_low_mgdl", "profile.time_zone", "profile.username", "push_devices",

@@ -34,8 +34,12 @@ class Command(BaseCommand):
             try:
                 row = services.patient_personalise(patient_id=patient_id)
             except services.PersonalisationRefused as reason:
+                row, why = None, str(reason)
+            else:
+                why = "deleted while tuning"
+            if row is None:
                 refused += 1
-                self.stdout.write(f"{patient_id} | skipped: {reason}")
+                self.stdout.write(f"{patient_id} | skipped: {why}")
                 continue
             kept += row.kept
             self.stdout.write(f"{patient_id} | {row.days_of_data:.1f} | {row.population_loss:.4f} -> {row.personal_loss:.4f} | "
