@@ -182,9 +182,18 @@ def sufficient_history(observed: np.ndarray, slots: np.ndarray) -> np.ndarray:
         ``[B]`` bool: the origin slot holds a real reading and the last hour
         (12 slots including the origin) holds at least MIN_READINGS_LAST_HOUR.
     """
-    csum = np.concatenate([[0], np.cumsum(observed.astype(np.int64))])
-    lo = np.maximum(slots - 11, 0)
-    count = csum[slots + 1] - csum[lo]
+    if slots.shape[0] * 12 < observed.shape[0]:
+        # Few origins on a long grid (the worker's batches: one origin per subject): count each origin's
+        # last 12 slots directly instead of a running sum over every slot.
+        idx = slots[:, None] + np.arange(-11, 1)
+        recent = observed[np.maximum(idx, 0)]
+        if (slots < 11).any():
+            recent &= idx >= 0  # slots before the grid's start hold nothing
+        count = recent.sum(axis=1)
+    else:
+        csum = np.concatenate([[0], np.cumsum(observed.astype(np.int64))])
+        lo = np.maximum(slots - 11, 0)
+        count = csum[slots + 1] - csum[lo]
     return observed[slots] & (count >= MIN_READINGS_LAST_HOUR)
 
 

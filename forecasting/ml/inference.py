@@ -202,17 +202,23 @@ class Forecaster:
         lengths = batch.lengths
         present = np.flatnonzero(lengths > 0)
         first_idx, last_idx = batch.offsets[present], batch.offsets[present + 1] - 1
-        # Put every subject's first reading on day 0, then give subject k the days after subject k-1's last.
-        base = -(batch.times[first_idx] // day) * day
-        span_days = (batch.times[last_idx] + base) // day + 1
-        start_day = np.concatenate([[0], np.cumsum(span_days + 1)[:-1]]).astype(np.int64)
-        shift = np.zeros(len(batch), dtype=np.int64)
-        shift[present] = base + start_day * day
+        if present.shape[0] == 1:
+            # One subject with readings (the worker's single-patient task): nothing to keep apart, and a
+            # shift by whole days would change no feature, so the times are gridded as they are.
+            times = batch.times
+        else:
+            # Put every subject's first reading on day 0, then give subject k the days after subject k-1's last.
+            base = -(batch.times[first_idx] // day) * day
+            span_days = (batch.times[last_idx] + base) // day + 1
+            start_day = np.concatenate([[0], np.cumsum(span_days + 1)[:-1]]).astype(np.int64)
+            shift = np.zeros(len(batch), dtype=np.int64)
+            shift[present] = base + start_day * day
+            times = batch.times + np.repeat(shift, lengths)
         # A batch in which nobody's treatments are known (most live batches) skips the channels: they stay zero.
         treated = self.config.use_treatments and bool(batch.has_treatments.any())
         grid = build_grid(SubjectReadings(
             subject_id="batch",
-            times=batch.times + np.repeat(shift, lengths),
+            times=times,
             glucose=batch.glucose,
             flags=batch.flags,
             carbs=batch.carbs if treated else None,

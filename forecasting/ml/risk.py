@@ -12,6 +12,7 @@ calibration report (Brier score and reliability table) shows how well it works.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from scipy.special import expit, logit, ndtr
@@ -52,6 +53,19 @@ def step_cdf(threshold: float, p10: np.ndarray, p50: np.ndarray, p90: np.ndarray
     return ndtr((threshold - p50) / sd)
 
 
+@cache
+def _event_plan(step_minutes: int) -> tuple[int, np.ndarray, tuple[tuple[int, int, bool], ...], np.ndarray]:
+    """What :func:`_raw_event_matrix` needs of RISK_EVENTS, worked out once per step length.
+
+    Returns:
+        (steps read, thresholds ``[T, 1, 1]``, per event (threshold row, steps, below), rows of "above" events)
+    """
+    thresholds = sorted({ev.threshold for ev in RISK_EVENTS})
+    events = tuple((thresholds.index(ev.threshold), ev.minutes // step_minutes, ev.below) for ev in RISK_EVENTS)
+    above = np.array([k for k, ev in enumerate(RISK_EVENTS) if not ev.below], dtype=np.int64)
+    return max(m for _, m, _ in events), np.array(thresholds)[:, None, None], events, above
+
+
 def _raw_event_matrix(p10: np.ndarray, p50: np.ndarray, p90: np.ndarray, step_minutes: int) -> np.ndarray:
     """``[E, B]`` uncalibrated probabilities, rows in RISK_EVENTS order.
 
@@ -60,27 +74,20 @@ def _raw_event_matrix(p10: np.ndarray, p50: np.ndarray, p90: np.ndarray, step_mi
     "below" events, 1 - ndtr of the smallest for "above"), so ndtr runs once per event and subject
     instead of once per step and threshold.
     """
-    steps = [ev.minutes // step_minutes for ev in RISK_EVENTS]
-    n = max(steps)
+    n, t, events, above = _event_plan(step_minutes)
     # Steps first ([n, B], contiguous): the reductions over steps below then run along whole rows, which
     # numpy vectorises, instead of along a short strided last axis (the quantiles arrive as [B, H, 3]).
-    p10, p50, p90 = (np.ascontiguousarray(p[:, :n].T) for p in (p10, p50, p90))
-    thresholds = sorted({ev.threshold for ev in RISK_EVENTS})
-    row = {t: i for i, t in enumerate(thresholds)}
-    t = np.array(thresholds)[:, None, None]
+    p10 = np.ascontiguousarray(p10[:, :n].T)
+    p50 = np.ascontiguousarray(p50[:, :n].T)
+    p90 = np.ascontiguousarray(p90[:, :n].T)
     sd_lo = np.maximum((p50 - p10) / Z90, 0.5)
     sd_hi = np.maximum((p90 - p50) / Z90, 0.5)
     z = (t - p50) / np.where(t < p50, sd_lo, sd_hi)  # [thresholds, n, B]: step_cdf's argument
-    out = np.empty((len(RISK_EVENTS), p50.shape[1]))
-    for k, (ev, m) in enumerate(zip(RISK_EVENTS, steps, strict=True)):
-        zk = z[row[ev.threshold], :m]
+    out = np.empty((len(events), p50.shape[1]))
+    for k, (row, m, below) in enumerate(events):
         # The step with the largest ndtr(z) (below) or 1 - ndtr(z) (above): the matching extreme of z.
-        if ev.below:
-            np.max(zk, axis=0, out=out[k])
-        else:
-            np.min(zk, axis=0, out=out[k])
+        (np.maximum if below else np.minimum).reduce(z[row, :m], axis=0, out=out[k])
     ndtr(out, out=out)
-    above = np.array([not ev.below for ev in RISK_EVENTS])
     out[above] = 1.0 - out[above]
     return out
 

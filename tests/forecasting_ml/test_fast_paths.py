@@ -14,6 +14,8 @@ import pytest
 from scipy.special import expit, logit
 
 from forecasting.ml.data import (
+    FLAG_HIGH,
+    FLAG_LOW,
     GRID_MINUTES,
     GRID_SECONDS,
     MAX_EMPTY_SLOTS,
@@ -22,8 +24,9 @@ from forecasting.ml.data import (
     SUBJECT_GAP_SLOTS,
     SubjectReadings,
     build_grid,
+    parse_glucose,
 )
-from forecasting.ml.datasets import Scaler, WindowConfig, slot_features
+from forecasting.ml.datasets import MIN_READINGS_LAST_HOUR, Scaler, WindowConfig, slot_features, sufficient_history
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.risk import (
     RISK_EVENTS,
@@ -94,6 +97,19 @@ def test_build_grid_equals_the_plain_formulation(seed: int) -> None:
         times = times + np.searchsorted(starts, np.arange(n), side="right") * 2 * 86400
     grid = build_grid(SubjectReadings("s", times, glucose, np.zeros(n, np.int8), carbs=carbs), subject_starts=starts)
     for name, expected in reference_grid(times, glucose, carbs, starts).items():
+        np.testing.assert_array_equal(getattr(grid, name), expected, err_msg=name)
+
+
+@pytest.mark.parametrize("jitter", [0, 40])
+def test_build_grid_of_one_segment_equals_the_plain_formulation(jitter: int) -> None:
+    # A lone patient's last hours: one segment (the single-anchor path), near-duplicates, short gaps.
+    rng = np.random.default_rng(jitter)
+    times = START + 300 * np.arange(78) + rng.integers(-jitter, jitter + 1, 78)
+    times = np.sort(np.concatenate([np.delete(times, [20, 40, 41, 60, 61, 62]), times[[10]] + 30]))
+    glucose = rng.uniform(40, 400, times.shape[0])
+    grid = build_grid(SubjectReadings("s", times, glucose, np.zeros(times.shape[0], np.int8)))
+    assert grid.interpolated.any()
+    for name, expected in reference_grid(times, glucose, None).items():
         np.testing.assert_array_equal(getattr(grid, name), expected, err_msg=name)
 
 
@@ -175,3 +191,26 @@ def test_forecaster_risk_uses_its_calibration() -> None:
     expected = calibrate_events(raw_event_probabilities(q[..., 0], q[..., 1], q[..., 2]), forecaster.calibrators)
     for name, values in forecaster.risk(q).items():
         np.testing.assert_allclose(values, expected[name], rtol=1e-12, atol=1e-15)
+
+
+def test_parse_glucose_numbers_equal_the_plain_selection() -> None:
+    values = np.array([12.0, 39.9, 40.0, 41.5, 120.0, 400.0, 400.1, 612.0, np.nan, -5.0])
+    glucose, flags = parse_glucose(values)
+    below, above = values < 40.0, values > 400.0
+    np.testing.assert_array_equal(glucose, np.where(below, 40.0, np.where(above, 400.0, values)))
+    np.testing.assert_array_equal(flags, np.where(below, FLAG_LOW, np.where(above, FLAG_HIGH, 0)).astype(np.int8))
+    words, word_flags = parse_glucose(["Low", "hi", "junk", *values.tolist()])
+    np.testing.assert_array_equal(words[3:], glucose)
+    np.testing.assert_array_equal(word_flags, np.concatenate([[FLAG_LOW, FLAG_HIGH, 0], flags]))
+    assert words[0] == 40.0 and words[1] == 400.0 and np.isnan(words[2])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sufficient_history_windowed_count_equals_the_running_sum(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    observed = rng.random(3000) < rng.uniform(0.1, 0.9)
+    slots = np.concatenate([np.arange(14), rng.integers(0, 3000, 100)])  # some near the grid's start
+    csum = np.concatenate([[0], np.cumsum(observed)])
+    expected = observed[slots] & (csum[slots + 1] - csum[np.maximum(slots - 11, 0)] >= MIN_READINGS_LAST_HOUR)
+    np.testing.assert_array_equal(sufficient_history(observed, slots), expected)  # few origins: windowed
+    np.testing.assert_array_equal(sufficient_history(observed[:600], slots[slots < 600]), expected[slots < 600])
