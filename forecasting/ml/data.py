@@ -40,7 +40,7 @@ MAX_EMPTY_SLOTS = 120
 SUBJECT_GAP_SLOTS = 12
 
 FLAG_NONE = 0
-FLAG_LOW = 1
+FLAG_LOW = 1  # parse_glucose relies on these two values (bit 0 and bit 1)
 FLAG_HIGH = 2
 
 TYPE1_COHORTS = ("AZT1D", "Bris-T1D_Open", "T1D-UOM")
@@ -127,23 +127,28 @@ def parse_glucose(values: np.ndarray | list[object]) -> tuple[np.ndarray, np.nda
     except (TypeError, ValueError):
         raw = pd.Series(np.asarray(values, dtype=object))
         numeric = np.array(pd.to_numeric(raw, errors="coerce"), dtype=np.float64)
-    flags = np.zeros(numeric.shape[0], dtype=np.int8)
-    nan = np.isnan(numeric)
-    if raw is not None and nan.any():
-        words = raw[nan].astype(str).str.strip().str.lower()
-        low = words.isin(_LOW_WORDS).to_numpy()
-        high = words.isin(_HIGH_WORDS).to_numpy()
-        idx = np.flatnonzero(nan)
-        numeric[idx[low]] = LOW_LIMIT_MG_DL
-        numeric[idx[high]] = HIGH_LIMIT_MG_DL
-        flags[idx[low]] = FLAG_LOW
-        flags[idx[high]] = FLAG_HIGH
-    with np.errstate(invalid="ignore"):
-        below = numeric < LOW_LIMIT_MG_DL
-        above = numeric > HIGH_LIMIT_MG_DL
-    flags[below] = FLAG_LOW
-    flags[above] = FLAG_HIGH
-    numeric = np.where(below, LOW_LIMIT_MG_DL, np.where(above, HIGH_LIMIT_MG_DL, numeric))
+    word_flags = None
+    if raw is not None:
+        nan = np.isnan(numeric)
+        if nan.any():
+            word_flags = np.zeros(numeric.shape[0], dtype=np.int8)
+            words = raw[nan].astype(str).str.strip().str.lower()
+            low = words.isin(_LOW_WORDS).to_numpy()
+            high = words.isin(_HIGH_WORDS).to_numpy()
+            idx = np.flatnonzero(nan)
+            numeric[idx[low]] = LOW_LIMIT_MG_DL
+            numeric[idx[high]] = HIGH_LIMIT_MG_DL
+            word_flags[idx[low]] = FLAG_LOW
+            word_flags[idx[high]] = FLAG_HIGH
+    below = numeric < LOW_LIMIT_MG_DL
+    above = numeric > HIGH_LIMIT_MG_DL
+    # Bools as int8 are 0/1, so this is FLAG_LOW where below and FLAG_HIGH where above, in three passes
+    # over bytes instead of two boolean-mask assignments. A word's limit value is neither below nor above.
+    flags = below.view(np.int8) | (above.view(np.int8) << 1)
+    if word_flags is not None:
+        flags |= word_flags
+    # The same as choosing the limit where below/above (NaN stays NaN), without the selections.
+    numeric = np.minimum(np.maximum(numeric, LOW_LIMIT_MG_DL), HIGH_LIMIT_MG_DL)
     return numeric, flags
 
 
@@ -298,48 +303,81 @@ def build_grid(readings: SubjectReadings, subject_starts: np.ndarray | None = No
             carbs=empty_f,
             insulin=empty_f,
         )
-    dt = np.diff(times)
-    new_segment = np.concatenate([[True], dt > SEGMENT_BREAK_MINUTES * 60])
-    seg_id = np.cumsum(new_segment) - 1
-    seg_start_idx = np.flatnonzero(new_segment)
-    anchor = times[seg_start_idx][seg_id]
-    local_slot = np.rint((times - anchor) / GRID_SECONDS).astype(np.int64)
+    dt = times[1:] - times[:-1]
+    # Passes over the readings are what this costs (the worker grids a whole batch at once), and numpy
+    # calls are what it costs for one patient, so each quantity is derived in as few as possible; the
+    # results are exactly those of the plain formulation (segment id per reading, scatter, running max).
+    seg_start_idx = np.flatnonzero(dt > SEGMENT_BREAK_MINUTES * 60) + 1
+    n_segments = seg_start_idx.shape[0] + 1
+    if n_segments == 1:
+        # One segment (a lone patient's recent readings): a single anchor, no offsets.
+        seg_start_idx = np.zeros(1, dtype=np.int64)
+        seg_len = np.array([n])
+        seg_anchor_time = times[:1]
+        local_slot = np.rint((times - times[0]) / GRID_SECONDS).astype(np.int64)
+    else:
+        seg_start_idx = np.concatenate([[0], seg_start_idx])
+        seg_len = np.empty(n_segments, dtype=np.int64)
+        np.subtract(seg_start_idx[1:], seg_start_idx[:-1], out=seg_len[:-1])
+        seg_len[-1] = n - seg_start_idx[-1]
+        seg_anchor_time = times[seg_start_idx]
+        local_slot = np.rint((times - np.repeat(seg_anchor_time, seg_len)) / GRID_SECONDS).astype(np.int64)
     # Offsets of each segment on the global slot axis: previous segment's last
     # slot plus the (capped) gap expressed in slots.
-    seg_offset = np.zeros(seg_start_idx.shape[0], dtype=np.int64)
-    if seg_start_idx.shape[0] > 1:
+    seg_offset = np.zeros(n_segments, dtype=np.int64)
+    if n_segments > 1:
         gap_secs = times[seg_start_idx[1:]] - times[seg_start_idx[1:] - 1]
         gap_slots = np.minimum(np.rint(gap_secs / GRID_SECONDS).astype(np.int64), MAX_EMPTY_SLOTS)
         if subject_starts is not None:
-            gap_slots[np.isin(seg_start_idx[1:], subject_starts)] = SUBJECT_GAP_SLOTS
+            starts_subject = np.zeros(n, dtype=bool)
+            starts_subject[subject_starts] = True
+            gap_slots[starts_subject[seg_start_idx[1:]]] = SUBJECT_GAP_SLOTS
         prev_end_local = local_slot[seg_start_idx[1:] - 1]
         # Segment k starts gap_slots after the last slot of segment k-1.
         steps = prev_end_local + gap_slots
         seg_offset[1:] = np.cumsum(steps)
-    slot = seg_offset[seg_id] + local_slot
-    # Slot numbers are non-decreasing by construction; guard anyway.
-    slot = np.maximum.accumulate(slot)
+    slot = local_slot if n_segments == 1 else np.repeat(seg_offset, seg_len) + local_slot
+    # With times in order, slots rise within a segment and each segment starts at least 6 slots after the
+    # previous one ends (a break is > 30 min), so slot numbers are non-decreasing and segment k owns
+    # exactly the slots [seg_offset[k], seg_offset[k + 1]). Out-of-order input is guarded as before.
+    in_order = bool((dt >= 0).all())
+    if not in_order:
+        slot = np.maximum.accumulate(slot)
     # Keep the first reading per slot (input is sorted by time, stable).
-    kept = np.concatenate([[True], np.diff(slot) > 0])
+    kept = np.empty(n, dtype=bool)
+    kept[0] = True
+    np.greater(slot[1:], slot[:-1], out=kept[1:])
+    all_kept = bool(kept.all())  # the usual case: then no boolean selections below
     n_slots = int(slot[-1]) + 1
     value = np.full(n_slots, np.nan)
     observed = np.zeros(n_slots, dtype=bool)
-    ks = slot[kept]
-    value[ks] = readings.glucose[kept]
+    ks = slot if all_kept else slot[kept]
+    value[ks] = readings.glucose if all_kept else readings.glucose[kept]
     observed[ks] = True
     # Nominal time of every slot: anchor of the slot's segment + 5 min * local.
-    slot_seg = np.zeros(n_slots, dtype=np.int64)
-    slot_seg[ks] = seg_id[kept]
-    slot_seg = np.maximum.accumulate(slot_seg)
-    seg_anchor_time = times[seg_start_idx]
-    slot_time = seg_anchor_time[slot_seg] + (np.arange(n_slots) - seg_offset[slot_seg]) * GRID_SECONDS
+    if in_order:
+        slot_time = np.arange(0, n_slots * GRID_SECONDS, GRID_SECONDS)
+        if n_segments == 1:
+            slot_time += times[0]
+        else:
+            slot_seg_len = np.empty(n_segments, dtype=np.int64)
+            np.subtract(seg_offset[1:], seg_offset[:-1], out=slot_seg_len[:-1])
+            slot_seg_len[-1] = n_slots - seg_offset[-1]
+            slot_time += np.repeat(seg_anchor_time - seg_offset * GRID_SECONDS, slot_seg_len)
+    else:
+        seg_id = np.repeat(np.arange(n_segments), seg_len)
+        slot_seg = np.zeros(n_slots, dtype=np.int64)
+        slot_seg[ks] = seg_id[kept]
+        slot_seg = np.maximum.accumulate(slot_seg)
+        slot_time = seg_anchor_time[slot_seg] + (np.arange(n_slots) - seg_offset[slot_seg]) * GRID_SECONDS
     # Interpolate short gaps between consecutive kept readings.
     interpolated = np.zeros(n_slots, dtype=bool)
     if ks.shape[0] > 1:
-        gap = np.diff(ks)
+        gap = ks[1:] - ks[:-1]
         max_gap_slots = MAX_INTERPOLATED_GAP_MINUTES // GRID_MINUTES
-        fill = (gap > 1) & (gap <= max_gap_slots)
-        for start, g in zip(ks[:-1][fill], gap[fill], strict=True):
+        holes = np.flatnonzero(gap > 1)  # few: most consecutive kept readings sit in adjacent slots
+        fill = holes[gap[holes] <= max_gap_slots]
+        for start, g in zip(ks[fill].tolist(), gap[fill].tolist(), strict=True):
             v0, v1 = value[start], value[start + g]
             frac = np.arange(1, g) / g
             value[start + 1 : start + g] = v0 + (v1 - v0) * frac
@@ -428,7 +466,7 @@ class BatchReadings:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        return self.offsets[1:] - self.offsets[:-1]
 
     def subject(self, i: int) -> SubjectReadings:
         """Subject ``i`` as :class:`SubjectReadings` (treatment arrays only where it has them)."""
@@ -501,31 +539,40 @@ def batch_from_arrays(
     if secs.shape[0] != int(counts.sum()):
         raise ValueError(f"times has {secs.shape[0]} readings but lengths sum to {int(counts.sum())}")
     g, flags = parse_glucose(glucose)
-    valid = ~np.isnan(g) & (secs != np.iinfo(np.int64).min)
+    n = secs.shape[0]
     ends = np.cumsum(counts)
     # Readings from the database arrive valid and in time order per subject; then the stable sort below
     # would be the identity, and checking that is much cheaper than sorting.
-    step_ok = np.diff(secs) >= 0
-    step_ok[ends[(ends > 0) & (ends < secs.shape[0])] - 1] = True  # a new subject may start earlier
-    if valid.all() and step_ok.all():
-        idx = np.arange(secs.shape[0])
-        kept = counts
+    step_ok = secs[1:] >= secs[:-1]
+    step_ok[ends[(ends > 0) & (ends < n)] - 1] = True  # a new subject may start earlier
+    in_order = bool(step_ok.all()) and not np.isnan(g).any() and not (secs == np.iinfo(np.int64).min).any()
+    if in_order:
+        # secs, g and flags are this call's own arrays: used as they are, not gathered through arange.
+        idx = None
+        offsets = np.concatenate([[0], ends]).astype(np.int64)
     else:
+        valid = ~np.isnan(g) & (secs != np.iinfo(np.int64).min)
         owner = np.repeat(np.arange(counts.shape[0]), counts)
         idx = np.flatnonzero(valid)
         # Stable sort by (subject, time): ties keep input order, as readings_from_arrays' stable argsort does.
         idx = idx[np.lexsort((secs[idx], owner[idx]))]
         kept = np.bincount(owner[idx], minlength=counts.shape[0]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+        secs, g, flags = secs[idx], g[idx], flags[idx]
+        n = idx.shape[0]
 
     def pick(a: np.ndarray | None) -> np.ndarray:
-        return np.zeros(idx.shape[0]) if a is None else np.asarray(a, dtype=np.float64)[idx]
+        if a is None:
+            return np.zeros(n)
+        a = np.asarray(a, dtype=np.float64)
+        return a.copy() if idx is None else a[idx]
 
     return BatchReadings(
         subject_ids=list(subject_ids),
-        offsets=np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
-        times=secs[idx],
-        glucose=g[idx],
-        flags=flags[idx],
+        offsets=offsets,
+        times=secs,
+        glucose=g,
+        flags=flags,
         carbs=pick(carbs),
         insulin=pick(insulin),
         has_treatments=(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -74,13 +75,26 @@ class WindowConfig:
             return np.log(future / last[:, None]) / self.target_scale(scaler)
         return (future - last[:, None]) / self.target_scale(scaler)
 
-    def decode_target(self, z: np.ndarray, last: np.ndarray, scaler: Scaler) -> np.ndarray:
-        """Inverse of :meth:`encode_target`; works on ``[B, H]`` or ``[B, H, Q]``."""
+    def decode_target(self, z: np.ndarray, last: np.ndarray, scaler: Scaler, out: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of :meth:`encode_target`; works on ``[B, H]`` or ``[B, H, Q]``.
+
+        ``out`` (may be ``z`` itself, of z's float dtype) receives the result: the same operations in the
+        same order, without the temporaries of a large batch.
+        """
         shape = (-1,) + (1,) * (z.ndim - 1)
         base = last.reshape(shape)
+        if out is None:
+            if self.log_target:
+                return base * np.exp(z * self.target_scale(scaler))
+            return base + z * self.target_scale(scaler)
+        np.multiply(z, self.target_scale(scaler), out=out)
         if self.log_target:
-            return base * np.exp(z * self.target_scale(scaler))
-        return base + z * self.target_scale(scaler)
+            np.exp(out, out=out)
+            # base * e == e * base: IEEE multiplication is commutative, so the result is unchanged.
+            np.multiply(out, base, out=out)
+        else:
+            np.add(out, base, out=out)
+        return out
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -106,34 +120,52 @@ def grid_features(grid: Grid, scaler: Scaler, use_treatments: bool) -> np.ndarra
     return slot_features(grid.value, grid.observed, grid.slot_time, grid.carbs, grid.insulin, known, scaler, use_treatments)
 
 
+@cache
+def _time_of_day_table() -> tuple[np.ndarray, np.ndarray]:
+    """sin and cos of the day angle for every second of a day, as float32 (what the features store).
+
+    Why a table: a slot's time of day is a whole second, so a lookup returns exactly what computing the
+    float64 sine and cosine and casting gives, and np.sin/np.cos on float64 were the costliest part of
+    building a batch's features (about a microsecond per window slot for the pair).
+    """
+    angle = 2 * np.pi * (np.arange(86400) / 86400.0)
+    return np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)
+
+
 def slot_features(
     value: np.ndarray,
     observed: np.ndarray,
     slot_time: np.ndarray,
     carbs: np.ndarray | None,
     insulin: np.ndarray | None,
-    treatments_known: np.ndarray,
+    treatments_known: np.ndarray | None,
     scaler: Scaler,
     use_treatments: bool,
 ) -> np.ndarray:
     """The channels of :func:`grid_features` for slots gathered in any shape ``[...]`` -> ``[..., F]`` float32.
 
     Batched inference gathers only the context windows' slots from a grid and builds their features here,
-    so both paths share one definition of every channel.
+    so both paths share one definition of every channel. With ``use_treatments``, passing None for all of
+    ``carbs``, ``insulin`` and ``treatments_known`` means no slot has treatment data: the three channels
+    stay zero (what zero arrays would give), without gathering and scaling zeros.
     """
-    if use_treatments and (carbs is None or insulin is None):
-        raise ValueError("use_treatments needs the carbs and insulin slots")
+    given = [a is not None for a in (carbs, insulin, treatments_known)]
+    if use_treatments and any(given) and not all(given):
+        raise ValueError("use_treatments needs the carbs, insulin and treatments_known slots (or none of them)")
     available = ~np.isnan(value)
-    day_angle = 2 * np.pi * ((slot_time % 86400) / 86400.0)
     # Each channel is computed in float64 and written straight into the float32 result: the same
-    # values as stacking in float64 and casting, without the float64 copy of the whole tensor.
-    out = np.empty((*value.shape, 8 if use_treatments else 5), dtype=np.float32)
+    # values as stacking in float64 and casting, without the float64 copy of the whole tensor. Zeros,
+    # so that channels without data need no pass of their own.
+    out = np.zeros((*value.shape, 8 if use_treatments else 5), dtype=np.float32)
     out[..., 0] = np.where(available, (value - scaler.glucose_mean) / scaler.glucose_std, 0.0)
     out[..., 1] = available
     out[..., 2] = observed
-    out[..., 3] = np.sin(day_angle)
-    out[..., 4] = np.cos(day_angle)
-    if use_treatments:
+    # Python's modulo: non-negative for times before 1970 too, so always a valid table row.
+    second_of_day = slot_time % 86400
+    sin_table, cos_table = _time_of_day_table()
+    out[..., 3] = sin_table[second_of_day]
+    out[..., 4] = cos_table[second_of_day]
+    if use_treatments and all(given):
         out[..., 5] = carbs / scaler.carbs_scale  # type: ignore[operator]
         out[..., 6] = insulin / scaler.insulin_scale  # type: ignore[operator]
         out[..., 7] = treatments_known
@@ -150,9 +182,18 @@ def sufficient_history(observed: np.ndarray, slots: np.ndarray) -> np.ndarray:
         ``[B]`` bool: the origin slot holds a real reading and the last hour
         (12 slots including the origin) holds at least MIN_READINGS_LAST_HOUR.
     """
-    csum = np.concatenate([[0], np.cumsum(observed.astype(np.int64))])
-    lo = np.maximum(slots - 11, 0)
-    count = csum[slots + 1] - csum[lo]
+    if slots.shape[0] * 12 < observed.shape[0]:
+        # Few origins on a long grid (the worker's batches: one origin per subject): count each origin's
+        # last 12 slots directly instead of a running sum over every slot.
+        idx = slots[:, None] + np.arange(-11, 1)
+        recent = observed[np.maximum(idx, 0)]
+        if (slots < 11).any():
+            recent &= idx >= 0  # slots before the grid's start hold nothing
+        count = recent.sum(axis=1)
+    else:
+        csum = np.concatenate([[0], np.cumsum(observed.astype(np.int64))])
+        lo = np.maximum(slots - 11, 0)
+        count = csum[slots + 1] - csum[lo]
     return observed[slots] & (count >= MIN_READINGS_LAST_HOUR)
 
 

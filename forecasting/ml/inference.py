@@ -28,7 +28,7 @@ from forecasting.ml.datasets import (
     sufficient_history,
 )
 from forecasting.ml.networks import PersonalOutputLayer, RowOutputLayers
-from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, calibrate_events, raw_event_probabilities
+from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, event_probabilities
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "artifacts" / "forecaster.json"
 
@@ -184,8 +184,7 @@ class Forecaster:
 
     def risk(self, quantiles: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated event probabilities from ``[B, H, 3]`` quantiles -> event -> ``[B]``."""
-        raw = raw_event_probabilities(quantiles[..., 0], quantiles[..., 1], quantiles[..., 2])
-        return calibrate_events(raw, self.calibrators)
+        return event_probabilities(quantiles[..., 0], quantiles[..., 1], quantiles[..., 2], self.calibrators)
 
     def make_bank(self, subjects: dict[str, SubjectReadings]) -> tuple[SeriesBank, dict[str, Any]]:
         """Grid every subject into one bank; returns the bank and per-key grids."""
@@ -214,17 +213,23 @@ class Forecaster:
         lengths = batch.lengths
         present = np.flatnonzero(lengths > 0)
         first_idx, last_idx = batch.offsets[present], batch.offsets[present + 1] - 1
-        # Put every subject's first reading on day 0, then give subject k the days after subject k-1's last.
-        base = -(batch.times[first_idx] // day) * day
-        span_days = (batch.times[last_idx] + base) // day + 1
-        start_day = np.concatenate([[0], np.cumsum(span_days + 1)[:-1]]).astype(np.int64)
-        shift = np.zeros(len(batch), dtype=np.int64)
-        shift[present] = base + start_day * day
+        if present.shape[0] == 1:
+            # One subject with readings (the worker's single-patient task): nothing to keep apart, and a
+            # shift by whole days would change no feature, so the times are gridded as they are.
+            times = batch.times
+        else:
+            # Put every subject's first reading on day 0, then give subject k the days after subject k-1's last.
+            base = -(batch.times[first_idx] // day) * day
+            span_days = (batch.times[last_idx] + base) // day + 1
+            start_day = np.concatenate([[0], np.cumsum(span_days + 1)[:-1]]).astype(np.int64)
+            shift = np.zeros(len(batch), dtype=np.int64)
+            shift[present] = base + start_day * day
+            times = batch.times + np.repeat(shift, lengths)
         # A batch in which nobody's treatments are known (most live batches) skips the channels: they stay zero.
         treated = self.config.use_treatments and bool(batch.has_treatments.any())
         grid = build_grid(SubjectReadings(
             subject_id="batch",
-            times=batch.times + np.repeat(shift, lengths),
+            times=times,
             glucose=batch.glucose,
             flags=batch.flags,
             carbs=batch.carbs if treated else None,
@@ -249,25 +254,38 @@ class Forecaster:
         or the gap before it in the batch grid, are zero, so no window sees another subject.
         """
         L, H = self.config.context_steps, self.config.horizon_steps
+        window = np.arange(-L + 1, 1)
+        # A grid built without treatment arrays (nobody in the batch has them) has all-zero treatment
+        # channels, and so does every subject's treatments-known flag: slot_features leaves them zero.
+        gather_treatments = self.config.use_treatments and grid.has_treatments
         out = np.empty((last.shape[0], H, 3), dtype=np.float64)
         with torch.inference_mode():
             for lo in range(0, last.shape[0], 8192):
                 hi = min(lo + 8192, last.shape[0])
-                idx = last[lo:hi, None] + np.arange(-L + 1, 1)[None, :]
-                inside = idx >= first[lo:hi, None]
-                idx = np.where(inside, idx, 0)
-                use = self.config.use_treatments
+                idx = last[lo:hi, None] + window
+                # Only subjects with less than a context of grid since their first reading need masking;
+                # a live batch of 6.5 h histories has none, and then the mask passes are skipped.
+                short = bool((last[lo:hi] - first[lo:hi] < L - 1).any())
+                outside = idx < first[lo:hi, None] if short else None
+                if outside is not None:
+                    idx[outside] = 0
                 x = slot_features(
                     grid.value[idx], grid.observed[idx], grid.slot_time[idx],
-                    grid.carbs[idx] if use else None, grid.insulin[idx] if use else None,
-                    np.broadcast_to(treated[lo:hi, None], idx.shape), self.scaler, use,
+                    grid.carbs[idx] if gather_treatments else None,
+                    grid.insulin[idx] if gather_treatments else None,
+                    np.broadcast_to(treated[lo:hi, None], idx.shape) if gather_treatments else None,
+                    self.scaler, self.config.use_treatments,
                 )
-                x[~inside] = 0.0
+                if outside is not None:
+                    x[outside] = 0.0
                 own = [i for i in range(lo, hi) if i in personal] if personal else []
                 rows = RowOutputLayers.stack(np.array(own) - lo, [personal[i] for i in own], self.device) if own else None
                 q = self._forward(x, rows)
-                out[lo:hi] = self.config.decode_target(q, grid.value[last[lo:hi]], self.scaler)
-        return np.clip(out, 40.0, 400.0)
+                # Decoded and clamped in place: the same arithmetic as decode_target + np.clip, without
+                # their temporaries of the whole [B, H, 3] block.
+                self.config.decode_target(q, grid.value[last[lo:hi]], self.scaler, out=q)
+                np.clip(q, 40.0, 400.0, out=out[lo:hi])
+        return out
 
     def forecast_batch(
         self, batch: BatchReadings, now: int | None = None, personal: Mapping[int, PersonalOutputLayer] | None = None,
@@ -291,21 +309,32 @@ class Forecaster:
         origin_time[present] = batch.times[batch.offsets[1:][present] - 1]
         if now is not None:
             code[present & (now - origin_time > MAX_STALENESS_MINUTES * 60)] = CODE_STALE
-        quantiles = np.full((count, horizon, 3), np.nan)
-        risk = {ev.name: np.full(count, np.nan) for ev in RISK_EVENTS}
+        quantiles: np.ndarray | None = None
+        risk: dict[str, np.ndarray] = {}
         if present.any():
             grid, first, last = self._batch_grid(batch)
             todo = np.flatnonzero(code == CODE_OK)
             enough = sufficient_history(grid.observed, last[todo])
             code[todo[~enough]] = CODE_SPARSE
             todo = todo[enough]
-            if todo.size:
+            if todo.size == count:
+                # Everyone forecast (the usual live batch): the arrays are the result, no NaN fill and scatter.
+                quantiles = self._predict_windows(grid, first, last, batch.has_treatments, personal or {})
+                risk = self.risk(quantiles)
+            elif todo.size:
                 position = {row: i for i, row in enumerate(todo.tolist())}
                 own = {position[row]: layer for row, layer in (personal or {}).items() if row in position}
                 q = self._predict_windows(grid, first[todo], last[todo], batch.has_treatments[todo], own)
+                quantiles = np.full((count, horizon, 3), np.nan)
                 quantiles[todo] = q
                 for name, values in self.risk(q).items():
+                    risk[name] = np.full(count, np.nan)
                     risk[name][todo] = values
+        if quantiles is None:
+            quantiles = np.full((count, horizon, 3), np.nan)
+        for ev in RISK_EVENTS:
+            if ev.name not in risk:
+                risk[ev.name] = np.full(count, np.nan)
         return BatchForecast(list(batch.subject_ids), code, origin_time, quantiles, risk)
 
     def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:

@@ -108,6 +108,17 @@ def test_a_batch_gives_exactly_what_each_patient_gets_alone() -> None:
     assert {r.reason for r in out if r.status != STATUS_OK} == {REASON_NO_READINGS, REASON_SPARSE}
 
 
+def test_a_batch_where_everyone_is_forecast_some_with_short_history() -> None:
+    # Every subject forecast (forecast_batch's no-scatter path), one with full context (no mask needed),
+    # others with less than a context since their first reading (the mask path).
+    forecaster = Forecaster.load()
+    full = [synthetic_subject(f"p{i}", days=1.0, seed=i) for i in range(3)]
+    out = assert_same(forecaster, [_recent(full[0], 6.5), _recent(full[1], 2.0, end_shift=-777), _recent(full[2], 1.0)])
+    assert all(r.status == STATUS_OK for r in out)
+    out = assert_same(forecaster, [_recent(full[0], 8.0), _recent(full[1], 6.5, end_shift=3 * 86400 + 11)])
+    assert all(r.status == STATUS_OK for r in out)
+
+
 def test_staleness_is_judged_per_patient_against_now() -> None:
     forecaster = Forecaster.load()
     fresh = _recent(synthetic_subject("fresh", days=0.5, seed=3), 6.5)
