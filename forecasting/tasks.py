@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
 from forecasting import services
 from glucoscope.readings.services import outbox_complete, patients_mark_for_processing
+from glucoscope.retry import TRANSIENT_ERRORS
 
 
 @shared_task(
     name="forecasting.forecast_patients",
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=TRANSIENT_ERRORS,
     max_retries=5,
     retry_backoff=True,
     retry_jitter=True,
@@ -37,7 +37,7 @@ def sweep_stale_forecasts() -> int:
 
 @shared_task(
     name="forecasting.personalise_patient",
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=TRANSIENT_ERRORS,
     max_retries=3,
     retry_backoff=True,
     soft_time_limit=120,

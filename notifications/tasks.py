@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
+from glucoscope.retry import TRANSIENT_ERRORS
 from notifications import reminders, services, tips
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
 @shared_task(

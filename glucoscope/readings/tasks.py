@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
 from glucoscope.readings import services
-
-TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+from glucoscope.retry import TRANSIENT_ERRORS
 
 
 @shared_task(

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
 from forecasting import glucotypes
+from glucoscope.retry import TRANSIENT_ERRORS
 from glucoscope.web import services
 
 
 @shared_task(
     name="forecasting.stratify_glucotypes",
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=TRANSIENT_ERRORS,
     max_retries=3,
     retry_backoff=True,
     # The cohort-wide fit takes seconds per thousand patients (docs/benchmarks.md); keep headroom
