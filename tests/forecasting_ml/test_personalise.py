@@ -144,3 +144,15 @@ def test_the_gain_is_scored_on_the_days_after_the_tuning_period(forecaster: Fore
     assert row["personalised"] is True
     assert row["n_later"] > 400
     assert float(row["personal_rmse30"]) < float(row["population_rmse30"])  # type: ignore[arg-type]
+
+
+def test_layers_reach_their_rows_across_the_8192_window_chunks_of_a_large_batch(forecaster: Forecaster) -> None:
+    base = synthetic_subject("p", days=0.3, seed=5)
+    patients = [SubjectReadings(f"p{i}", base.times, base.glucose + (i % 7), base.flags) for i in range(8200)]
+    rows = [3, 8191, 8192, 8199]  # either side of the chunk boundary
+    layers = {row: _random_layer(forecaster, row) for row in rows}
+    batch = forecaster.forecast_batch(batch_from_subjects(patients), personal=layers)
+    for row in [*rows, 8190, 8193]:
+        reference = _with_layer(forecaster, layers[row]) if row in layers else forecaster
+        [alone] = reference.forecast_patients([patients[row]])
+        np.testing.assert_allclose(batch.quantiles[row], [[p.p10, p.p50, p.p90] for p in alone.points], rtol=1e-5)
