@@ -202,7 +202,8 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
     now = now or timezone.now()
     version = model_version_active()
     forecaster = forecaster_for(version)
-    patients = list(Patient.objects.filter(pk__in=patient_ids))
+    # Each patient's newest personalisation key comes with the patient row: no extra round trip per batch.
+    patients = list(_with_newest_personalisation(Patient.objects.filter(pk__in=patient_ids), version))
     by_patient = _readings_by_patient(patients, start=now - CONTEXT, end=now)
     # Staleness is judged here on the UTC clock: patients in different time zones share one batch.
     stale_after = timedelta(minutes=MAX_STALENESS_MINUTES)
@@ -531,35 +532,51 @@ class PersonalLayer:
     layer: PersonalOutputLayer
 
 
-# Decoded layers per worker process, by (row id, patient, time fitted): rows are never updated, and the
-# patient and time guard against a row id that names another row after a database restore. A batch reads
-# only the keys of its patients' newest rows; a layer (37 kB) is read once per process. Cleared when the
-# process loads another model version.
-_layers: OrderedDict[tuple[int, int, datetime], PersonalLayer] = OrderedDict()
+# Decoded layers per worker process (None for a tuning that was not kept), by (row id, patient, time
+# fitted): rows are never updated, and the patient and time guard against a row id that names another
+# row after a database restore. A batch gets its patients' newest keys with the patient rows; a layer
+# (37 kB) is read once per process. Cleared when the process loads another model version.
+_layers: OrderedDict[tuple[int, int, datetime], PersonalLayer | None] = OrderedDict()
 LAYER_CACHE_SIZE = 4096
 
 
+def _with_newest_personalisation(patients: QuerySet[Patient], version: ModelVersion) -> QuerySet[Patient]:
+    """Annotate each patient with their newest personalisation for `version`: its id and time fitted."""
+    newest = PatientPersonalisation.objects.filter(patient=OuterRef("pk"), model_version=version).order_by("-fitted_at", "-pk")
+    return patients.annotate(
+        newest_personalisation_pk=Subquery(newest.values("pk")[:1]),
+        newest_personalisation_fitted_at=Subquery(newest.values("fitted_at")[:1]),
+    )
+
+
 def personal_layers(*, patients: Sequence[Patient], version: ModelVersion) -> dict[int, PersonalLayer]:
-    """Patient id -> the kept layer of their newest personalisation for `version` (none if their newest was not kept)."""
+    """Patient id -> the kept layer of their newest personalisation for `version` (none if their newest was not kept).
+
+    `patients` come from `_with_newest_personalisation` (patients_forecast's own query) or are annotated here.
+    """
     from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
 
-    newest = PatientPersonalisation.objects.filter(patient=OuterRef("patient"), model_version=version).order_by("-fitted_at", "-pk")
+    if patients and not hasattr(patients[0], "newest_personalisation_pk"):
+        patients = list(_with_newest_personalisation(Patient.objects.filter(pk__in=[p.pk for p in patients]), version))
     keys = [
-        (pk, patient_id, fitted_at) for pk, patient_id, fitted_at in
-        PatientPersonalisation.objects.filter(patient__in=patients, model_version=version, pk=Subquery(newest.values("pk")[:1]))
-        .exclude(output_layer__isnull=True).values_list("pk", "patient_id", "fitted_at")
+        (p.newest_personalisation_pk, p.pk, p.newest_personalisation_fitted_at)  # type: ignore[attr-defined]
+        for p in patients if p.newest_personalisation_pk is not None  # type: ignore[attr-defined]
     ]
     missing = {key[0]: key for key in keys if key not in _layers}
     if missing:
         network = forecaster_for(version).network
         assert isinstance(network, PatchGRUForecaster)
         for pk, data in PatientPersonalisation.objects.filter(pk__in=missing).values_list("pk", "output_layer"):
-            _layers[missing[pk]] = PersonalLayer(pk, PersonalOutputLayer.from_bytes(bytes(cast(bytes, data)), network))
+            # None remembers "not kept", so such a patient costs no query at their next batch either.
+            _layers[missing[pk]] = None if data is None else PersonalLayer(
+                pk, PersonalOutputLayer.from_bytes(bytes(cast(bytes, data)), network))
     found = {}
     for key in keys:
-        if key in _layers:  # a row deleted between the two queries (an account deletion) is skipped
+        if key in _layers:  # a row deleted since the patients were read (an account deletion) is skipped
             _layers.move_to_end(key)
-            found[key[1]] = _layers[key]
+            layer = _layers[key]
+            if layer is not None:
+                found[key[1]] = layer
     while len(_layers) > LAYER_CACHE_SIZE:
         _layers.popitem(last=False)
     return found
