@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from forecasting.models import GlucotypeAssignment, GlucotypeModel
+from forecasting.models import GlucotypeAssignment, GlucotypeModel, PatientPersonalisation
 from glucoscope.web.models import PatientDayCounts
 
 
@@ -36,3 +36,14 @@ class GlucotypeAssignmentAdmin(ReadOnlyAdmin):
 class PatientDayCountsAdmin(ReadOnlyAdmin):
     list_display = ("patient", "day", "n", "very_low", "low", "in_range", "high", "very_high", "refreshed_at")
     list_select_related = ("patient__user",)
+
+
+@admin.register(PatientPersonalisation)
+class PatientPersonalisationAdmin(ReadOnlyAdmin):
+    list_display = ("patient", "model_version", "fitted_at", "days_of_data", "population_loss", "personal_loss", "kept")
+    list_select_related = ("patient__user", "model_version")
+    exclude = ("output_layer",)  # 9,288 float32 weights: meaningful only to the worker
+
+    @admin.display(boolean=True, description="own layer kept")
+    def kept(self, obj: PatientPersonalisation) -> bool:
+        return obj.kept

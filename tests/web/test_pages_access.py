@@ -86,7 +86,8 @@ def test_repeated_failed_sign_ins_are_refused_even_with_the_right_password(world
     assert int(response["Retry-After"]) > 0
 
 
-@pytest.mark.parametrize("model", ["forecasting/glucotypemodel", "forecasting/glucotypeassignment", "web/patientdaycounts"])
+@pytest.mark.parametrize("model", ["forecasting/glucotypemodel", "forecasting/glucotypeassignment", "forecasting/patientpersonalisation",
+                                   "web/patientdaycounts"])
 def test_staff_see_the_analytics_tables_read_only_in_the_admin(world: World, model: str) -> None:
     world.staff.is_superuser = True
     world.staff.save()

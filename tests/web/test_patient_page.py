@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client
+from django.utils import timezone
 from django.utils.html import escape
 
+from forecasting.models import PatientPersonalisation
 from glucoscope.web.views import MESSAGE_SENT
 from notifications.models import Kind, Notification
 from notifications.services import ERR_MESSAGE_TEXT, MAX_MESSAGE_LENGTH
@@ -27,6 +31,20 @@ def test_patient_page_shows_latest_reading_agp_indicators_and_glucotype(world: W
     assert "Beck 2019" in html and "Lachin 2022" in html and "1.64 (95% CI 1.51–1.78)" in html
     assert 'id="glucotype">moderate' in html
     assert "Notifications sent" in html and "Message the patient" in html
+
+
+def test_the_forecast_line_says_whether_the_patient_has_their_own_layer(world: World) -> None:
+    forecast = add_forecast(world.alice, below_70_30min=0.1)
+    client = session_client(world.clinician)
+    assert "personalised to this patient" not in client.get(f"/care/patients/{world.alice.pk}/").content.decode()
+    now = timezone.now()
+    forecast.personalisation = PatientPersonalisation.objects.create(
+        patient=world.alice, model_version=forecast.model_version, fitted_at=now, data_start=now - timedelta(days=8),
+        data_end=now, days_of_data=8.0, fit_windows=1800, check_windows=460, population_loss=0.2, personal_loss=0.18,
+        output_layer=bytes(4 * 9288),
+    )
+    forecast.save(update_fields=["personalisation"])
+    assert "personalised to this patient" in client.get(f"/care/patients/{world.alice.pk}/").content.decode()
 
 
 def test_mmol_view_converts_the_latest_reading(world: World) -> None:
