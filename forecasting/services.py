@@ -203,7 +203,7 @@ def patients_forecast(*, patient_ids: Sequence[int], now: datetime | None = None
     version = model_version_active()
     forecaster = forecaster_for(version)
     # Each patient's newest personalisation key comes with the patient row: no extra round trip per batch.
-    patients = list(_with_newest_personalisation(Patient.objects.filter(pk__in=patient_ids), version))
+    patients = patients_with_personalisation_keys(patient_ids=patient_ids, version=version)
     by_patient = _readings_by_patient(patients, start=now - CONTEXT, end=now)
     # Staleness is judged here on the UTC clock: patients in different time zones share one batch.
     stale_after = timedelta(minutes=MAX_STALENESS_MINUTES)
@@ -252,10 +252,8 @@ def _model_inputs(
     (none when it is None)."""
     from forecasting.ml.data import batch_from_arrays
 
-    if treatments_since is None:
-        total = sum(len(series) for series in series_of)
-        carbs, insulin, known = np.zeros(total), np.zeros(total), np.zeros(len(patients), dtype=bool)
-    else:
+    carbs = insulin = known = None  # glucose only: batch_from_arrays reads no treatments for anyone
+    if treatments_since is not None:
         carbs, insulin, known = _treatments_on_readings(patients, series_of, since=treatments_since, now=now)
     return batch_from_arrays(
         np.concatenate([_local_seconds([m for m, _ in s], ZoneInfo(p.time_zone)) for p, s in zip(patients, series_of, strict=True)]),
@@ -540,24 +538,23 @@ _layers: OrderedDict[tuple[int, int, datetime], PersonalLayer | None] = OrderedD
 LAYER_CACHE_SIZE = 4096
 
 
-def _with_newest_personalisation(patients: QuerySet[Patient], version: ModelVersion) -> QuerySet[Patient]:
-    """Annotate each patient with their newest personalisation for `version`: its id and time fitted."""
+def patients_with_personalisation_keys(*, patient_ids: Sequence[int], version: ModelVersion) -> list[Patient]:
+    """The patients, each annotated with the id and time fitted of their newest personalisation for `version`
+    (what `personal_layers` reads), in the same query."""
     newest = PatientPersonalisation.objects.filter(patient=OuterRef("pk"), model_version=version).order_by("-fitted_at", "-pk")
-    return patients.annotate(
+    return list(Patient.objects.filter(pk__in=patient_ids).annotate(
         newest_personalisation_pk=Subquery(newest.values("pk")[:1]),
         newest_personalisation_fitted_at=Subquery(newest.values("fitted_at")[:1]),
-    )
+    ))
 
 
 def personal_layers(*, patients: Sequence[Patient], version: ModelVersion) -> dict[int, PersonalLayer]:
     """Patient id -> the kept layer of their newest personalisation for `version` (none if their newest was not kept).
 
-    `patients` come from `_with_newest_personalisation` (patients_forecast's own query) or are annotated here.
+    `patients` come from `patients_with_personalisation_keys`.
     """
     from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
 
-    if patients and not hasattr(patients[0], "newest_personalisation_pk"):
-        patients = list(_with_newest_personalisation(Patient.objects.filter(pk__in=[p.pk for p in patients]), version))
     keys = [
         (p.newest_personalisation_pk, p.pk, p.newest_personalisation_fitted_at)  # type: ignore[attr-defined]
         for p in patients if p.newest_personalisation_pk is not None  # type: ignore[attr-defined]

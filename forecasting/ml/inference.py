@@ -309,8 +309,8 @@ class Forecaster:
         origin_time[present] = batch.times[batch.offsets[1:][present] - 1]
         if now is not None:
             code[present & (now - origin_time > MAX_STALENESS_MINUTES * 60)] = CODE_STALE
-        quantiles: np.ndarray | None = None
-        risk: dict[str, np.ndarray] = {}
+        quantiles = np.full((count, horizon, 3), np.nan)
+        risk = {ev.name: np.full(count, np.nan) for ev in RISK_EVENTS}
         if present.any():
             grid, first, last = self._batch_grid(batch)
             todo = np.flatnonzero(code == CODE_OK)
@@ -318,23 +318,16 @@ class Forecaster:
             code[todo[~enough]] = CODE_SPARSE
             todo = todo[enough]
             if todo.size == count:
-                # Everyone forecast (the usual live batch): the arrays are the result, no NaN fill and scatter.
+                # Everyone forecast (the usual live batch): the arrays are the result, no scatter.
                 quantiles = self._predict_windows(grid, first, last, batch.has_treatments, personal or {})
                 risk = self.risk(quantiles)
             elif todo.size:
                 position = {row: i for i, row in enumerate(todo.tolist())}
                 own = {position[row]: layer for row, layer in (personal or {}).items() if row in position}
                 q = self._predict_windows(grid, first[todo], last[todo], batch.has_treatments[todo], own)
-                quantiles = np.full((count, horizon, 3), np.nan)
                 quantiles[todo] = q
                 for name, values in self.risk(q).items():
-                    risk[name] = np.full(count, np.nan)
                     risk[name][todo] = values
-        if quantiles is None:
-            quantiles = np.full((count, horizon, 3), np.nan)
-        for ev in RISK_EVENTS:
-            if ev.name not in risk:
-                risk[ev.name] = np.full(count, np.nan)
         return BatchForecast(list(batch.subject_ids), code, origin_time, quantiles, risk)
 
     def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:

@@ -127,9 +127,13 @@ def fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTun
         return _fine_tune(forecaster, glucose_only(readings), config, days)
 
 
-def glucose_only(readings: SubjectReadings) -> SubjectReadings:
-    """The same readings without carbohydrate and insulin: the input personal layers are tuned and used on."""
-    return SubjectReadings(readings.subject_id, readings.times, readings.glucose, readings.flags, cohort=readings.cohort)
+def glucose_only(readings: SubjectReadings, before: int | None = None) -> SubjectReadings:
+    """The readings (those before time ``before``, if given) without carbohydrate and insulin: the input
+    personal layers are tuned and used on."""
+    keep = slice(None) if before is None else readings.times < before
+    return SubjectReadings(
+        readings.subject_id, readings.times[keep], readings.glucose[keep], readings.flags[keep], cohort=readings.cohort,
+    )
 
 
 def _fine_tune(forecaster: Forecaster, readings: SubjectReadings, config: FineTuneConfig, days: float) -> FineTuneResult:
@@ -196,17 +200,6 @@ def _frozen_features(network: PatchGRUForecaster, windows: TrainingWindows, devi
     return tuple(torch.cat(parts).clone() for parts in (features, targets, masks))
 
 
-def _split_at(readings: SubjectReadings, t: int) -> SubjectReadings:
-    keep = readings.times < t
-    return SubjectReadings(
-        readings.subject_id,
-        readings.times[keep],
-        readings.glucose[keep],
-        readings.flags[keep],
-        cohort=readings.cohort,
-    )
-
-
 def personalisation_gain(
     forecaster: Forecaster,
     subjects: dict[str, SubjectReadings],
@@ -224,9 +217,9 @@ def personalisation_gain(
             continue
         cut_index = int(fit_days * 288)
         cut_time = int(r.times[min(cut_index, len(r) - 1)])
-        tuned = fine_tune(forecaster, _split_at(r, cut_time), config)
         # Scored as served: personal layers are for glucose-only forecasts, so both sides read glucose only.
         r = glucose_only(r)
+        tuned = fine_tune(forecaster, glucose_only(r, before=cut_time), config)
         row: dict[str, object] = {
             "subject": key,
             "cohort": r.cohort,

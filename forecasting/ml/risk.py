@@ -130,21 +130,8 @@ def calibrate_events(raw: dict[str, np.ndarray], calibrators: dict[str, Logistic
 def event_probabilities(
     p10: np.ndarray, p50: np.ndarray, p90: np.ndarray, calibrators: dict[str, LogisticCalibrator], step_minutes: int = 5
 ) -> dict[str, np.ndarray]:
-    """``calibrate_events(raw_event_probabilities(...), calibrators)`` in place on one ``[E, B]`` array.
-
-    The same operations as those two, without the per-event dict of arrays and the restacking between
-    them: the worker pays this once per batch, and for one patient the numpy call count is the cost.
-    """
-    raw = _raw_event_matrix(p10, p50, p90, step_minutes)
-    rows = [k for k, ev in enumerate(RISK_EVENTS) if ev.name in calibrators]
-    if rows:
-        slopes = np.array([[calibrators[RISK_EVENTS[k].name].a_] for k in rows])
-        intercepts = np.array([[calibrators[RISK_EVENTS[k].name].b_] for k in rows])
-        if len(rows) == len(RISK_EVENTS):
-            raw = expit(slopes * _logit(raw) + intercepts)
-        else:
-            raw[rows] = expit(slopes * _logit(raw[rows]) + intercepts)
-    return {ev.name: row for ev, row in zip(RISK_EVENTS, raw, strict=True)}
+    """Calibrated event probabilities: ``calibrate_events(raw_event_probabilities(...), calibrators)``."""
+    return calibrate_events(raw_event_probabilities(p10, p50, p90, step_minutes), calibrators)
 
 
 class LogisticCalibrator:

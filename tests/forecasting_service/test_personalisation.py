@@ -108,7 +108,9 @@ def test_layers_are_cached_per_process_within_a_bound_and_read_again_when_evicte
     monkeypatch.setattr(services, "LAYER_CACHE_SIZE", 1)
     services._layers.clear()
     for _ in range(2):
-        layers = services.personal_layers(patients=[world.alice, world.bob], version=services.model_version_active())
+        version = services.model_version_active()
+        patients = services.patients_with_personalisation_keys(patient_ids=[world.alice.pk, world.bob.pk], version=version)
+        layers = services.personal_layers(patients=patients, version=version)
         assert set(layers) == {world.alice.pk, world.bob.pk} and len(services._layers) == 1
 
 

@@ -45,7 +45,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils import timezone
 
-from forecasting.ml.data import batch_from_arrays, readings_from_arrays
+from forecasting.ml.data import BatchReadings, batch_from_arrays, readings_from_arrays
 from forecasting.ml.datasets import sufficient_history
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.networks import PatchGRUForecaster, PersonalOutputLayer
@@ -81,6 +81,24 @@ def _best_rate(run: Callable[[], None], items: int, repeat: int, min_seconds: fl
                 break
         best = max(best, loops * items / elapsed)
     return best
+
+
+BENCH_END = int(pd.Timestamp("2024-06-01 12:00").value // 10**9)  # the synthetic batches' last reading, seconds
+
+
+def _batch(series: list[tuple[np.ndarray, np.ndarray]]) -> BatchReadings:
+    """The worker's flat-array batch of synthetic series (what services.patients_forecast builds)."""
+    return batch_from_arrays(np.concatenate([t for t, _ in series]), np.concatenate([v for _, v in series]),
+                             [t.shape[0] for t, _ in series], [str(i) for i in range(len(series))])
+
+
+def _raw_windows(forecaster: Forecaster, series: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+    """The same patients' newest context windows, built the independent per-patient way: the raw pass's input."""
+    subjects = {str(i): readings_from_arrays(t, v, subject_id=str(i)) for i, (t, v) in enumerate(series)}
+    bank, grids = forecaster.make_bank(subjects)
+    last = np.array([bank.offsets[k] + grids[k].n_slots - 1 for k in subjects], dtype=np.int64)
+    assert sufficient_history(bank.observed, last).all()
+    return torch.from_numpy(bank.windows(last))
 
 
 def synthetic_series(n_patients: int, rng: np.random.Generator, end: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -178,56 +196,45 @@ class Command(BaseCommand):
     def _bench_inference(self, sizes: list[int]) -> list[tuple[str, str, str, str, str]]:
         forecaster = Forecaster.load()
         rng = np.random.default_rng(0)
-        end = int(pd.Timestamp("2024-06-01 12:00").value // 10**9)
         out: list[tuple[str, str, str, str, str]] = []
         for size in sizes:
-            series = synthetic_series(size, rng, end)
+            series = synthetic_series(size, rng, BENCH_END)
+            x = _raw_windows(forecaster, series)
 
-            lengths = [t.shape[0] for t, _ in series]
-            ids = [str(i) for i in range(size)]
-
-            def service(series: list[tuple[np.ndarray, np.ndarray]] = series, lengths: list[int] = lengths,
-                        ids: list[str] = ids) -> None:
+            def service(series: list[tuple[np.ndarray, np.ndarray]] = series) -> None:
                 # What services.patients_forecast does after its database read, minus the store: one flat
                 # array per field for the batch, one forecast_batch call, results kept as arrays.
-                batch = batch_from_arrays(np.concatenate([t for t, _ in series]), np.concatenate([v for _, v in series]),
-                                          lengths, ids)
-                assert forecaster.forecast_batch(batch).ok.all()
+                assert forecaster.forecast_batch(_batch(series)).ok.all()
 
-            def with_rows(series: list[tuple[np.ndarray, np.ndarray]] = series, lengths: list[int] = lengths,
-                          ids: list[str] = ids) -> None:
-                batch = batch_from_arrays(np.concatenate([t for t, _ in series]), np.concatenate([v for _, v in series]),
-                                          lengths, ids)
-                forecaster.forecast_batch(batch).to_patient_forecasts()
-
-            subjects = {str(i): readings_from_arrays(t, v, subject_id=str(i)) for i, (t, v) in enumerate(series)}
-            bank, grids = forecaster.make_bank(subjects)
-            last = np.array([bank.offsets[k] + grids[k].n_slots - 1 for k in subjects], dtype=np.int64)
-            assert sufficient_history(bank.observed, last).all()
-            x = torch.from_numpy(bank.windows(last))
+            def with_rows(series: list[tuple[np.ndarray, np.ndarray]] = series) -> None:
+                forecaster.forecast_batch(_batch(series)).to_patient_forecasts()
 
             def raw(x: torch.Tensor = x) -> None:
                 with torch.inference_mode():
                     forecaster.network(x)
 
-            raw()  # warm-up: first calls pay for lazy initialisation
-            service()
-            # Interleaved, best of each: on a shared machine a disturbance then hits both sides alike.
-            raw_rate, service_rate, rows_rate = 0.0, 0.0, 0.0
-            for _ in range(self.repeat):
-                raw_rate = max(raw_rate, _best_rate(raw, size, 1))
-                service_rate = max(service_rate, _best_rate(service, size, 1))
-                rows_rate = max(rows_rate, _best_rate(with_rows, size, 1))
-            ratio = service_rate / raw_rate
+            rate = self._interleaved({"raw": raw, "service": service, "rows": with_rows}, size)
+            ratio = rate["service"] / rate["raw"]
             out.append((f"(b) service inference, batch {size} (batch_from_arrays + forecast_batch) vs raw forward",
                         f"{size} patients",
-                        f"{service_rate:,.0f} patients/s (= windows/s); {rows_rate:,.0f}/s with PatientForecast objects",
-                        f"raw {raw_rate:,.0f} windows/s",
-                        f"ratio {ratio:.2f} (overhead {1 / ratio - 1:.0%}; with objects {rows_rate / raw_rate:.2f}); "
+                        f"{rate['service']:,.0f} patients/s (= windows/s); {rate['rows']:,.0f}/s with PatientForecast objects",
+                        f"raw {rate['raw']:,.0f} windows/s",
+                        f"ratio {ratio:.2f} (overhead {1 / ratio - 1:.0%}; with objects {rate['rows'] / rate['raw']:.2f}); "
                         f"target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}"))
         if connection.vendor == "postgresql":
             out.append(self._bench_service_db(max(sizes), rng))
         return out
+
+    def _interleaved(self, runs: dict[str, Callable[[], None]], size: int) -> dict[str, float]:
+        """Items/s of each run, best of `repeat`, timings interleaved: a disturbance of the shared machine
+        then hits every side of a ratio alike. Each run is called once first, as warm-up (lazy initialisation)."""
+        for run in runs.values():
+            run()
+        rates = dict.fromkeys(runs, 0.0)
+        for _ in range(self.repeat):
+            for name, run in runs.items():
+                rates[name] = max(rates[name], _best_rate(run, size, 1))
+        return rates
 
     # --- (d) personalisation ---------------------------------------------------------------
 
@@ -236,16 +243,12 @@ class Command(BaseCommand):
         network = forecaster.network
         assert isinstance(network, PatchGRUForecaster)
         rng = np.random.default_rng(1)
-        end = int(pd.Timestamp("2024-06-01 12:00").value // 10**9)
-        series = synthetic_series(size, rng, end)
-        batch = batch_from_arrays(np.concatenate([t for t, _ in series]), np.concatenate([v for _, v in series]),
-                                  [t.shape[0] for t, _ in series], [str(i) for i in range(size)])
+        series = synthetic_series(size, rng, BENCH_END)
+        batch, x = _batch(series), _raw_windows(forecaster, series)
         weight = network.output_layer.weight.detach().numpy()
         bias = network.output_layer.bias.detach().numpy()
         layers = {i: PersonalOutputLayer((weight + rng.normal(0, 0.01, weight.shape)).astype(np.float32), bias.copy())
                   for i in range(size)}
-        bank, grids = forecaster.make_bank({str(i): readings_from_arrays(t, v, subject_id=str(i)) for i, (t, v) in enumerate(series)})
-        x = torch.from_numpy(bank.windows(np.array([bank.offsets[k] + grids[k].n_slots - 1 for k in grids], dtype=np.int64)))
 
         def raw() -> None:
             with torch.inference_mode():
@@ -257,33 +260,23 @@ class Command(BaseCommand):
         def personal() -> None:
             assert forecaster.forecast_batch(batch, personal=layers).ok.all()
 
-        raw(), population(), personal()
-        raw_rate = population_rate = personal_rate = 0.0
-        for _ in range(self.repeat):
-            raw_rate = max(raw_rate, _best_rate(raw, size, 1))
-            population_rate = max(population_rate, _best_rate(population, size, 1))
-            personal_rate = max(personal_rate, _best_rate(personal, size, 1))
+        rate = self._interleaved({"raw": raw, "population": population, "personal": personal}, size)
         rows = [(f"(d) service inference, batch {size}, every patient on their own output layer", f"{size} patients",
-                 f"{personal_rate:,.0f} patients/s; {population_rate:,.0f}/s on the population layer",
-                 f"raw {raw_rate:,.0f} windows/s",
-                 f"ratio {personal_rate / raw_rate:.2f} (population {population_rate / raw_rate:.2f}); own layers cost "
-                 f"{population_rate / personal_rate - 1:.0%}")]
+                 f"{rate['personal']:,.0f} patients/s; {rate['population']:,.0f}/s on the population layer",
+                 f"raw {rate['raw']:,.0f} windows/s",
+                 f"ratio {rate['personal'] / rate['raw']:.2f} (population {rate['population'] / rate['raw']:.2f}); own layers cost "
+                 f"{rate['population'] / rate['personal'] - 1:.0%}")]
         for days in (7, 28):
             n = days * 288
-            times = end - 300 * np.arange(n - 1, -1, -1, dtype=np.int64)
+            times = BENCH_END - 300 * np.arange(n - 1, -1, -1, dtype=np.int64)
             values = np.clip(140 + 50 * np.sin(np.arange(n) / 20) + np.cumsum(rng.normal(0, 1.0, n)) * 0.2, 45, 390)
             readings = readings_from_arrays(times, np.round(values), subject_id="tune")
-            best = min(self._seconds(lambda readings=readings: fine_tune(forecaster, readings)) for _ in range(self.repeat))
+            # One tuning per timing (min_seconds=0): the best of `repeat`, in seconds per patient.
+            best = 1 / _best_rate(lambda readings=readings: fine_tune(forecaster, readings), 1, self.repeat, min_seconds=0)
             rows.append((f"(d) tune one patient's output layer on {days} days of readings (300 steps, 1 thread)",
                          f"{n:,} readings", f"{best:.2f} s", f"{3600 / best:,.0f} patients/h per worker",
                          "the daily sweep's cost per patient"))
         return rows
-
-    @staticmethod
-    def _seconds(run: Callable[[], object]) -> float:
-        started = time.perf_counter()
-        run()
-        return time.perf_counter() - started
 
     def _bench_service_db(self, size: int, rng: np.random.Generator) -> tuple[str, str, str, str, str]:
         """The whole worker step for one batch: PostgreSQL read, inference, Forecast/RiskAssessment store."""
