@@ -6,11 +6,12 @@ import logging
 import sys
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from glucoscope.retry import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ API_PREFIXES = ("/api/", "/nightscout/")
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    if isinstance(exc, TRANSIENT_ERRORS):
         logger.error("Database unavailable: %s", exc)
         return Response({"detail": ERR_UNAVAILABLE}, status=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
     return drf_exception_handler(exc, context)
@@ -36,7 +37,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     so the exception is `sys.exc_info()`. Anything else is Django's plain 500 page.
     """
     exc = sys.exc_info()[1]
-    if not isinstance(exc, (OperationalError, InterfaceError)):
+    if not isinstance(exc, TRANSIENT_ERRORS):
         return defaults.server_error(request)
     logger.error("Database unavailable: %s", exc)
     if request.path.startswith(API_PREFIXES):

@@ -1,4 +1,4 @@
-"""What a Celery task may retry: only errors a later attempt can get past."""
+"""Errors a later attempt can get past: what a Celery task retries, and what the API answers with 503."""
 
 from __future__ import annotations
 
