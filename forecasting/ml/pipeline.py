@@ -19,7 +19,14 @@ import pandas as pd
 
 from forecasting.ml.artifacts import save_artifact
 from forecasting.ml.baselines import RidgeLagged
-from forecasting.ml.data import TYPE1_COHORTS, SubjectReadings, age_band, load_cohorts, read_cgm_csv
+from forecasting.ml.data import (
+    TRAINING_COHORTS,
+    SubjectReadings,
+    age_band,
+    diabetes_group,
+    load_cohorts,
+    read_cgm_csv,
+)
 from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
 from forecasting.ml.evaluation import collect_predictions, format_report, summarise
 from forecasting.ml.inference import Forecaster
@@ -66,10 +73,11 @@ def evaluate_subjects(
         alert_fn=alert_fn,
     )
     rows = summarise(data)
-    ages = {key: age_band(r.info) for key, r in subjects.items() if r.info}
-    if ages:
-        # Bias audit by age band (GUIDE section 8), from the cohort metadata.
-        rows += [r for r in summarise(data, subject_groups=ages) if r["cohort"] != "all"]
+    # Bias audit by age band and by diabetes type (GUIDE section 8), from the cohort metadata.
+    for label in (age_band, diabetes_group):
+        groups = {key: label(r.info) for key, r in subjects.items() if r.info}
+        if groups:
+            rows += [r for r in summarise(data, subject_groups=groups) if r["cohort"] != "all"]
     calibration: dict[str, Any] = {}
     if forecaster is not None:
         bank, grids = forecaster.make_bank(subjects)
@@ -116,14 +124,14 @@ def train_and_save(
     training: TrainingConfig,
     window: WindowConfig | None = None,
     device: str = "cpu",
-    cohorts: tuple[str, ...] = TYPE1_COHORTS,
+    cohorts: tuple[str, ...] = TRAINING_COHORTS,
     progress: bool = True,
     echo: Callable[[str], None] = print,
     sim_dir: str | Path | None = None,
     mixed: MixedTrainingConfig | None = None,
     warm_start: str | Path | None = None,
 ) -> Path:
-    """Train on the type 1 cohorts with a leave-subjects-out split (+ simulated cohort), evaluate, save.
+    """Train on the shared cohorts with a leave-subjects-out split (+ simulated cohort), evaluate, save.
 
     Stage 1 trains the glucose-only network on the real cohorts (or, with ``warm_start``, loads a
     stage-1 artifact trained with the same split). Stage 2 runs when the simulated cohort exists in

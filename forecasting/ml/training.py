@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from forecasting.ml.baselines import RidgeLagged
-from forecasting.ml.data import SubjectReadings, build_grid
+from forecasting.ml.data import TYPE1_COHORTS, SubjectReadings, build_grid
 from forecasting.ml.datasets import Batch, Scaler, SeriesBank, TrainingWindows, WindowConfig
 from forecasting.ml.inference import Forecaster
 from forecasting.ml.networks import PatchGRUForecaster, pinball_loss
@@ -134,7 +134,9 @@ def split_subjects(
     for key, r in subjects.items():
         by_cohort.setdefault(r.cohort, []).append(key)
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for cohort in sorted(by_cohort):
+    # Type 1 cohorts draw first, so adding other cohorts leaves their split (and the reported held-out
+    # type 1 subjects) exactly as it was.
+    for cohort in sorted(by_cohort, key=lambda c: (c not in TYPE1_COHORTS, c)):
         keys = sorted(by_cohort[cohort])
         keys = [keys[i] for i in rng.permutation(len(keys))]
         n = len(keys)

@@ -114,3 +114,14 @@ def test_report_can_be_grouped_by_age_band(subjects: dict) -> None:
     groups = {k: ("older adult (65+)" if i % 2 else "adult (18-64)") for i, k in enumerate(subjects)}
     labels = {r["cohort"] for r in summarise(data, subject_groups=groups)}
     assert labels == {"all", "older adult (65+)", "adult (18-64)"}
+
+
+def test_diabetes_group_reads_the_metadata_spellings() -> None:
+    from forecasting.ml.data import diabetes_group
+
+    assert diabetes_group({"diabetes_type": "T1D"}) == "type 1"
+    assert diabetes_group({"diabetes_type": "T1D (simulated)"}) == "type 1"
+    assert diabetes_group({"diabetes_type": "Type 2"}) == "type 2"
+    assert diabetes_group({"diabetes_type": "Prediabetes"}) == "prediabetes"
+    assert diabetes_group({"diabetes_type": "No diabetes"}) == "no diabetes"
+    assert diabetes_group({}) == "type unknown"

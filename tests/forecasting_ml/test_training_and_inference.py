@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from forecasting.ml.artifacts import ERROR_CHECKSUM, load_artifact, save_artifact
-from forecasting.ml.data import SubjectReadings
+from forecasting.ml.data import SPECTRUM_COHORTS, TYPE1_COHORTS, SubjectReadings
 from forecasting.ml.datasets import WindowConfig
 from forecasting.ml.inference import STATUS_INSUFFICIENT, STATUS_OK, Forecaster
 from forecasting.ml.pipeline import evaluate_subjects, forecast_csv
@@ -60,6 +60,20 @@ def test_split_is_by_subject_and_stratified_by_cohort() -> None:
     assert not set(split["train"]) & set(split["test"])
     for c in "ab":
         assert any(k.startswith(c) for k in split["test"]) and any(k.startswith(c) for k in split["val"])
+
+
+def test_adding_other_cohorts_leaves_the_type_1_split_unchanged() -> None:
+    type1 = {
+        f"{c}/{i}": synthetic_subject(str(i), days=0.1, seed=i, cohort=c) for c in TYPE1_COHORTS for i in range(12)
+    }
+    spectrum = {
+        f"{c}/{i}": synthetic_subject(str(i), days=0.1, seed=i, cohort=c) for c in SPECTRUM_COHORTS for i in range(9)
+    }
+    alone = split_subjects(type1, seed=0)
+    together = split_subjects(type1 | spectrum, seed=0)
+    for part in ("train", "val", "test"):
+        assert [k for k in together[part] if k in type1] == alone[part]
+        assert any(k.split("/")[0] in SPECTRUM_COHORTS for k in together[part])
 
 
 def test_save_load_round_trip_gives_identical_forecasts(trained: QuantileForecasterTrainer, tmp_path: Path) -> None:
@@ -121,6 +135,16 @@ def test_evaluation_report_includes_model_baselines_and_calibration(trained: Qua
     assert {"model", "ar2", "persistence", "ridge"} <= methods
     assert all("coverage80" in r for r in rows if r["method"] == "model")
     assert set(calibration) == {e.name for e in RISK_EVENTS}
+
+
+def test_evaluation_report_audits_by_diabetes_type(trained: QuantileForecasterTrainer) -> None:
+    subjects = {f"e{i}": synthetic_subject(f"e{i}", days=1.0, seed=7 + i) for i in range(3)}
+    for readings, kind in zip(subjects.values(), ("T1D", "T2D", "No diabetes"), strict=True):
+        readings.info = {"diabetes_type": kind}
+    rows, _ = evaluate_subjects(subjects, trained.to_forecaster(), horizons=(30,))
+    model_n = {r["cohort"]: r["n"] for r in rows if r["method"] == "model"}
+    assert {"type 1", "type 2", "no diabetes"} <= set(model_n)
+    assert model_n["type 1"] + model_n["type 2"] + model_n["no diabetes"] == model_n["all"]
 
 
 def test_forecast_csv_keeps_timestamps_as_written(trained: QuantileForecasterTrainer, tmp_path: Path) -> None:

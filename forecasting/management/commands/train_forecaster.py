@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from forecasting.ml.data import TRAINING_COHORTS
 from forecasting.ml.mixed_training import MixedTrainingConfig
 from forecasting.ml.pipeline import train_and_save
 from forecasting.ml.training import TrainingConfig
@@ -20,8 +21,9 @@ DEFAULT_SIM_DIR = REPO_ROOT / "var" / "simglucose"
 
 class Command(BaseCommand):
     help = (
-        "Train the glucose forecaster (patch-GRU, p10/p50/p90 every 5 min to 120 min) on the shared type 1 "
-        "cohorts AZT1D, Bris-T1D_Open and T1D-UOM with a leave-subjects-out split, evaluate it on the held-out "
+        "Train the glucose forecaster (patch-GRU, p10/p50/p90 every 5 min to 120 min) on the shared cohorts "
+        "(the type 1 cohorts AZT1D, Bris-T1D_Open and T1D-UOM, and the non-diabetic to type 2 cohorts BIGIDEAs, "
+        "Colas_2019 and Hall_2018) with a leave-subjects-out split, evaluate it on the held-out "
         "subjects next to persistence and AR2, and save forecaster.pt (state_dict) + forecaster.json. Stage 2, "
         "when the simglucose cohort is cached (--sim-dir), fine-tunes it with carbohydrate/insulin channels on "
         "real + simulated windows."
@@ -33,6 +35,11 @@ class Command(BaseCommand):
             type=Path,
             default=DEFAULT_DATA_DIR,
             help="folder holding <cohort>.csv.gz and <cohort>-metadata.csv (default: ../shared/data/cgm)",
+        )
+        parser.add_argument(
+            "--cohorts",
+            default=",".join(TRAINING_COHORTS),
+            help="comma-separated cohort file names (without .csv.gz) in --data-dir (default: %(default)s)",
         )
         parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="artifact folder")
         parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs, help="maximum epochs")
@@ -83,6 +90,12 @@ class Command(BaseCommand):
         data_dir: Path = options["data_dir"]
         if not data_dir.is_dir():
             raise CommandError(f"CGM data folder not found: {data_dir}")
+        cohorts = tuple(c.strip() for c in options["cohorts"].split(",") if c.strip())
+        if not cohorts:
+            raise CommandError("--cohorts: name at least one cohort")
+        missing = [c for c in cohorts if not (data_dir / f"{c}.csv.gz").is_file()]
+        if missing:
+            raise CommandError(f"--cohorts: no {', '.join(f'{c}.csv.gz' for c in missing)} in {data_dir}")
         if options["device"] == "cuda":
             import torch
 
@@ -112,6 +125,7 @@ class Command(BaseCommand):
                 options["output"],
                 config,
                 device=options["device"],
+                cohorts=cohorts,
                 progress=not options["no_progress"],
                 echo=self.stdout.write,
                 sim_dir=options["sim_dir"],
