@@ -170,6 +170,33 @@ def parse_timestamps(values: pd.Series) -> np.ndarray:
     return out
 
 
+_TIME_OF_DAY = r"^\s*(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d*)?)?\s*$"
+#: A time of day more than this far below the previous row's starts the next day.
+_ROLLOVER_SECONDS = 12 * 3600
+
+
+def _date_time_of_day_rows(frame: pd.DataFrame, times: np.ndarray) -> None:
+    """Give rows whose timestamp is a bare time of day ("00:05:14") a day, in place in ``times``.
+
+    Some harmonised cohorts (Colas_2019) write only the time of day, two or more days per subject in
+    file order. Parsed as dates they would all fall on one day, and sorting would interleave the days.
+    Instead, day 0 is 1970-01-01 and each subject moves to the next day when, in file order, the time
+    falls back by more than 12 hours (23:55 then 00:00); a smaller step back is an out-of-order row of
+    the same day.
+    """
+    parts = frame["timestamp"].astype(str).str.extract(_TIME_OF_DAY)
+    bare = parts[0].notna().to_numpy()
+    if not bare.any():
+        return
+    rows = parts[bare].astype(float).fillna(0.0)
+    second_of_day = (rows[0] * 3600 + rows[1] * 60 + rows[2]).to_numpy().astype(np.int64)
+    subject = frame["subject_id"].astype(str).to_numpy(dtype=object)[bare]
+    step = pd.Series(second_of_day).groupby(subject).diff().to_numpy()
+    day = pd.Series((step < -_ROLLOVER_SECONDS).astype(np.int64)).groupby(subject).cumsum().to_numpy()
+    valid = second_of_day < 86400
+    times[np.flatnonzero(bare)] = np.where(valid, day * 86400 + second_of_day, np.iinfo(np.int64).min)
+
+
 def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, SubjectReadings]:
     """Split a readings frame into per-subject, time-sorted :class:`SubjectReadings`.
 
@@ -182,6 +209,7 @@ def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, Subjec
         raise ValueError(f"CSV is missing columns: {sorted(missing)}")
     raw_ts = frame["timestamp"].astype(str).to_numpy(dtype=object)
     times = parse_timestamps(frame["timestamp"].astype(str))
+    _date_time_of_day_rows(frame, times)
     glucose, flags = parse_glucose(frame["glucose_mg_dl"].to_numpy(dtype=object))
     has_carbs = "carbs_g" in frame.columns
     has_insulin = "insulin_u" in frame.columns
@@ -415,6 +443,128 @@ def build_grid(readings: SubjectReadings, subject_starts: np.ndarray | None = No
         carbs=carbs,
         insulin=insulin,
         has_treatments=readings.carbs is not None or readings.insulin is not None,
+    )
+
+
+#: A reading within this many seconds of its slot's nominal time, and the one that defines the slot, is
+#: forecast from the shared grid; any other reading (1- or 3-minute sensors, near-duplicates, drifted
+#: clocks) from a lattice of its own (:func:`origin_lattice`).
+ON_GRID_SECONDS = 60
+
+
+def off_grid_readings(readings: SubjectReadings, grid: Grid) -> np.ndarray:
+    """``[N]`` bool: readings the shared grid cannot forecast from at their own time.
+
+    The grid keeps the first reading of each 5-minute slot at the slot's nominal time. For a reading
+    that lost its slot to an earlier one, or sits more than ON_GRID_SECONDS from the slot's time, a
+    forecast from the grid would start from an older value and aim at the wrong minutes.
+    """
+    return off_grid(readings.times, grid, np.arange(len(readings)))
+
+
+def off_grid(times: np.ndarray, grid: Grid, index: np.ndarray) -> np.ndarray:
+    """:func:`off_grid_readings` for the readings at ``index`` of the ``times`` that ``grid`` was built from."""
+    slot = grid.reading_slot[index]
+    return ~grid.reading_kept[index] | (np.abs(times[index] - grid.slot_time[slot]) > ON_GRID_SECONDS)
+
+
+@dataclass
+class LatticeContext:
+    """Context windows on lattices that end exactly at each origin reading (``t0 - 5 min * k``).
+
+    Attributes (``M`` origins, ``L`` context slots, oldest first):
+        value: ``[M, L]`` float64 mg/dL, NaN where nothing is known.
+        observed: ``[M, L]`` bool, a real reading lies within half a slot of the lattice point.
+        slot_time: ``[M, L]`` int64 seconds of each lattice point.
+        carbs / insulin: ``[M, L]`` float64 summed over the half-slot around each point, or None.
+        origin_value: ``[M]`` mg/dL of the origin reading itself.
+    """
+
+    value: np.ndarray
+    observed: np.ndarray
+    slot_time: np.ndarray
+    carbs: np.ndarray | None
+    insulin: np.ndarray | None
+    origin_value: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[LatticeContext]) -> LatticeContext:
+        """Stack several subjects' contexts; treatment channels are zero for parts without them."""
+        treated = any(p.carbs is not None for p in parts)
+
+        def channel(p: LatticeContext, values: np.ndarray | None) -> np.ndarray:
+            return np.zeros(p.value.shape) if values is None else values
+
+        return cls(
+            value=np.concatenate([p.value for p in parts]),
+            observed=np.concatenate([p.observed for p in parts]),
+            slot_time=np.concatenate([p.slot_time for p in parts]),
+            carbs=np.concatenate([channel(p, p.carbs) for p in parts]) if treated else None,
+            insulin=np.concatenate([channel(p, p.insulin) for p in parts]) if treated else None,
+            origin_value=np.concatenate([p.origin_value for p in parts]),
+        )
+
+
+def origin_lattice(readings: SubjectReadings, origins: np.ndarray, context_steps: int) -> LatticeContext:
+    """Resample one subject's readings onto a 5-minute lattice ending at each origin reading.
+
+    The same rules as :func:`build_grid`, seen from the origin: a point with a reading within 2.5 min
+    takes that reading's value (the nearest; ties go to the earlier one), points between two readings at
+    most 15 minutes apart are interpolated, anything else is unknown. Only readings at or before the
+    origin's time are used, so the result is causal.
+
+    Args:
+        readings: sorted readings of one subject.
+        origins: ``[M]`` indices into ``readings`` of the origin readings.
+        context_steps: ``L``, lattice points per origin, the last one at the origin.
+    """
+    times = readings.times
+    origin_time = times[origins]
+    steps = np.arange(-(context_steps - 1), 1, dtype=np.int64) * GRID_SECONDS
+    point = origin_time[:, None] + steps[None, :]
+    half = GRID_SECONDS // 2
+    # Readings after the origin's time must not count: cap every search at the origin's own position.
+    limit = np.searchsorted(times, origin_time, side="right")[:, None]
+    before = np.minimum(np.searchsorted(times, point, side="right"), limit) - 1
+    after = np.minimum(before + 1, limit - 1)
+    has_before = before >= 0
+    t_before = times[np.maximum(before, 0)]
+    t_after = times[after]
+    has_after = t_after > point
+    d_before = np.where(has_before, point - t_before, np.iinfo(np.int64).max)
+    d_after = np.where(has_after, t_after - point, np.iinfo(np.int64).max)
+    use_after = d_after < d_before
+    nearest_d = np.where(use_after, d_after, d_before)
+    observed = nearest_d <= half
+    nearest = np.where(use_after, after, np.maximum(before, 0))
+    value = np.where(observed, readings.glucose[nearest], np.nan)
+    gap = t_after - t_before
+    between = ~observed & has_before & has_after & (gap <= MAX_INTERPOLATED_GAP_MINUTES * 60)
+    if between.any():
+        g0, g1 = readings.glucose[np.maximum(before, 0)], readings.glucose[after]
+        frac = (point - t_before) / np.maximum(gap, 1)
+        value = np.where(between, g0 + (g1 - g0) * frac, value)
+    value[:, -1] = readings.glucose[origins]
+    observed[:, -1] = True
+
+    carbs = insulin = None
+    if readings.carbs is not None or readings.insulin is not None:
+        # A subject with either column has both channels, the missing one zero (as build_grid does).
+        lo = np.minimum(np.searchsorted(times, point - half, side="right"), limit)
+        hi = np.minimum(np.searchsorted(times, point + half, side="right"), limit)
+        sums = []
+        for channel in (readings.carbs, readings.insulin):
+            cumulative = np.concatenate([[0.0], np.cumsum(channel)]) if channel is not None else None
+            sums.append(np.zeros(point.shape) if cumulative is None else cumulative[hi] - cumulative[lo])
+        carbs, insulin = sums
+
+    return LatticeContext(
+        value=value,
+        observed=observed,
+        slot_time=point,
+        carbs=carbs,
+        insulin=insulin,
+        origin_value=readings.glucose[origins],
     )
 
 

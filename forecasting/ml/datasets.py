@@ -18,6 +18,8 @@ from forecasting.ml.data import Grid
 
 #: Readings required in the last hour for a forecast to be made at all.
 MIN_READINGS_LAST_HOUR = 3
+#: Slots in the last hour, the origin's own included.
+LAST_HOUR_SLOTS = 12
 #: A forecast is refused when the newest reading is older than this.
 MAX_STALENESS_MINUTES = 15
 
@@ -182,19 +184,25 @@ def sufficient_history(observed: np.ndarray, slots: np.ndarray) -> np.ndarray:
         ``[B]`` bool: the origin slot holds a real reading and the last hour
         (12 slots including the origin) holds at least MIN_READINGS_LAST_HOUR.
     """
-    if slots.shape[0] * 12 < observed.shape[0]:
+    back = LAST_HOUR_SLOTS - 1
+    if slots.shape[0] * LAST_HOUR_SLOTS < observed.shape[0]:
         # Few origins on a long grid (the worker's batches: one origin per subject): count each origin's
         # last 12 slots directly instead of a running sum over every slot.
-        idx = slots[:, None] + np.arange(-11, 1)
+        idx = slots[:, None] + np.arange(-back, 1)
         recent = observed[np.maximum(idx, 0)]
-        if (slots < 11).any():
+        if (slots < back).any():
             recent &= idx >= 0  # slots before the grid's start hold nothing
         count = recent.sum(axis=1)
     else:
         csum = np.concatenate([[0], np.cumsum(observed.astype(np.int64))])
-        lo = np.maximum(slots - 11, 0)
+        lo = np.maximum(slots - back, 0)
         count = csum[slots + 1] - csum[lo]
     return observed[slots] & (count >= MIN_READINGS_LAST_HOUR)
+
+
+def sufficient_lattice_history(observed: np.ndarray) -> np.ndarray:
+    """:func:`sufficient_history` for origin lattices: ``[M, L]`` bool, the origin last -> ``[M]`` bool."""
+    return observed[:, -1] & (observed[:, -LAST_HOUR_SLOTS:].sum(axis=1) >= MIN_READINGS_LAST_HOUR)
 
 
 class SeriesBank:

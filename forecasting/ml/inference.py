@@ -16,7 +16,16 @@ import torch
 from torch import nn
 
 from forecasting.ml.artifacts import load_artifact
-from forecasting.ml.data import BatchReadings, Grid, SubjectReadings, batch_from_subjects, build_grid
+from forecasting.ml.data import (
+    BatchReadings,
+    Grid,
+    LatticeContext,
+    SubjectReadings,
+    batch_from_subjects,
+    build_grid,
+    off_grid,
+    origin_lattice,
+)
 from forecasting.ml.datasets import (
     MAX_STALENESS_MINUTES,
     MIN_READINGS_LAST_HOUR,
@@ -26,6 +35,7 @@ from forecasting.ml.datasets import (
     WindowConfig,
     slot_features,
     sufficient_history,
+    sufficient_lattice_history,
 )
 from forecasting.ml.networks import PersonalOutputLayer, RowOutputLayers
 from forecasting.ml.risk import RISK_EVENTS, LogisticCalibrator, event_probabilities
@@ -178,6 +188,51 @@ class Forecaster:
                 pos += o.shape[0]
         return np.clip(out, 40.0, 400.0)
 
+    def predict_readings(
+        self, readings: SubjectReadings, origins: np.ndarray, batch_size: int = 8192,
+        personal: PersonalOutputLayer | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Forecasts from given readings of one subject, each on a lattice ending at that reading.
+
+        For origins the shared grid cannot place at their own time (:func:`data.off_grid_readings`):
+        1- and 3-minute sensors, near-duplicates, drifted clocks. On readings that sit on the 5-minute
+        grid it gives the same context as :meth:`predict_bank`.
+
+        Args:
+            readings: one subject's sorted readings.
+            origins: ``[M]`` reading indices.
+        Returns:
+            ``[M, H, 3]`` mg/dL quantiles (clamped 40..400) and ``[M]`` bool, whether the origin had
+            enough recent data; rows without it are still computed and must not be used.
+        """
+        out = np.empty((origins.shape[0], self.config.horizon_steps, 3), dtype=np.float64)
+        enough = np.zeros(origins.shape[0], dtype=bool)
+        treated = readings.carbs is not None or readings.insulin is not None
+        for lo in range(0, origins.shape[0], batch_size):
+            context = origin_lattice(readings, origins[lo : lo + batch_size], self.config.context_steps)
+            rows = context.value.shape[0]
+            layers = None if personal is None else RowOutputLayers.repeated(rows, personal, self.device)
+            out[lo : lo + rows] = self._predict_lattice(context, np.full(rows, treated), layers)
+            enough[lo : lo + rows] = sufficient_lattice_history(context.observed)
+        return out, enough
+
+    def _predict_lattice(
+        self, context: LatticeContext, treated: np.ndarray, personal: RowOutputLayers | None,
+    ) -> np.ndarray:
+        """``[M, H, 3]`` mg/dL quantiles (clamped 40..400) from origin lattices; ``treated`` is ``[M]`` bool."""
+        with_treatments = self.config.use_treatments and context.carbs is not None
+        x = slot_features(
+            context.value, context.observed, context.slot_time,
+            context.carbs if with_treatments else None,
+            context.insulin if with_treatments else None,
+            np.broadcast_to(treated[:, None], context.value.shape) if with_treatments else None,
+            self.scaler, self.config.use_treatments,
+        )
+        with torch.inference_mode():
+            q = self._forward(x, personal)
+        self.config.decode_target(q, context.origin_value, self.scaler, out=q)
+        return np.clip(q, 40.0, 400.0, out=q)
+
     def _forward(self, x: np.ndarray, personal: RowOutputLayers | None) -> np.ndarray:
         """The network on ``[B, L, F]`` float32 features -> ``[B, H, 3]`` float64 normalised deltas."""
         return self.network(torch.from_numpy(x).to(self.device), personal).cpu().numpy().astype(np.float64)
@@ -197,8 +252,9 @@ class Forecaster:
                 bank.add(key, grid)
         return bank.finalize(), grids
 
-    def _batch_grid(self, batch: BatchReadings) -> tuple[Grid, np.ndarray, np.ndarray]:
-        """One grid for a whole batch, and each subject's first and newest reading slot (-1 if none).
+    def _batch_grid(self, batch: BatchReadings) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray]:
+        """One grid for a whole batch, each subject's first and newest reading slot (-1 if none), and
+        whether each subject's newest reading is off the grid (:func:`data.off_grid_readings`).
 
         Why one grid: gridding patients one by one costs tens of microseconds of numpy calls each, more
         than their share of the forward pass. Instead subject i's readings are shifted by a whole number of
@@ -239,7 +295,9 @@ class Forecaster:
         last_slot = np.full(len(batch), -1, dtype=np.int64)
         first_slot[present] = grid.reading_slot[first_idx]
         last_slot[present] = grid.reading_slot[last_idx]
-        return grid, first_slot, last_slot
+        newest_off_grid = np.zeros(len(batch), dtype=bool)
+        newest_off_grid[present] = off_grid(times, grid, last_idx)
+        return grid, first_slot, last_slot, newest_off_grid
 
     def _predict_windows(
         self, grid: Grid, first: np.ndarray, last: np.ndarray, treated: np.ndarray,
@@ -312,8 +370,18 @@ class Forecaster:
         quantiles = np.full((count, horizon, 3), np.nan)
         risk = {ev.name: np.full(count, np.nan) for ev in RISK_EVENTS}
         if present.any():
-            grid, first, last = self._batch_grid(batch)
+            grid, first, last, newest_off_grid = self._batch_grid(batch)
             todo = np.flatnonzero(code == CODE_OK)
+            lattice_rows = todo[newest_off_grid[todo]]
+            if lattice_rows.size:
+                # Newest reading off the grid (1-minute uploads, a near-duplicate): forecast from a
+                # lattice ending at that reading, so the forecast starts from the newest value.
+                q, enough = self._forecast_newest_on_lattice(batch, lattice_rows, personal or {})
+                code[lattice_rows[~enough]] = CODE_SPARSE
+                quantiles[lattice_rows[enough]] = q[enough]
+                for name, values in self.risk(q[enough]).items():
+                    risk[name][lattice_rows[enough]] = values
+                todo = todo[~newest_off_grid[todo]]
             enough = sufficient_history(grid.observed, last[todo])
             code[todo[~enough]] = CODE_SPARSE
             todo = todo[enough]
@@ -329,6 +397,22 @@ class Forecaster:
                 for name, values in self.risk(q).items():
                     risk[name][todo] = values
         return BatchForecast(list(batch.subject_ids), code, origin_time, quantiles, risk)
+
+    def _forecast_newest_on_lattice(
+        self, batch: BatchReadings, rows: np.ndarray, personal: Mapping[int, PersonalOutputLayer],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``[R, H, 3]`` quantiles from batch ``rows``' newest readings on lattices, and ``[R]`` enough data."""
+        context = LatticeContext.concatenate([
+            origin_lattice(s, np.array([len(s) - 1]), self.config.context_steps)
+            for s in (batch.subject(i) for i in rows.tolist())
+        ])
+        own = [(pos, personal[row]) for pos, row in enumerate(rows.tolist()) if row in personal]
+        layers = (
+            RowOutputLayers.stack(np.array([pos for pos, _ in own]), [layer for _, layer in own], self.device)
+            if own else None
+        )
+        q = self._predict_lattice(context, batch.has_treatments[rows], layers)
+        return q, sufficient_lattice_history(context.observed)
 
     def forecast_patients(self, patients: list[SubjectReadings], now: int | None = None) -> list[PatientForecast]:
         """:meth:`forecast_batch` for a list of :class:`SubjectReadings`, one :class:`PatientForecast` each."""

@@ -25,6 +25,7 @@ from forecasting.ml.data import (
     age_band,
     diabetes_group,
     load_cohorts,
+    off_grid_readings,
     read_cgm_csv,
 )
 from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
@@ -246,36 +247,41 @@ def forecast_csv(
             raise ValueError(f"horizon {h} must be a multiple of 5 between 5 and {5 * H}")
     subjects = read_cgm_csv(input_path, cohort="input")
     bank, grids = forecaster.make_bank(subjects)
-    keys, rows_idx, origins = [], [], []
-    for key in subjects:
-        grid = grids[key]
-        if grid.n_slots == 0:
-            continue
-        slots = grid.reading_slot
-        # Every input row whose slot is a real reading with enough history is an
-        # origin; a near-duplicate row reuses its slot's (earlier) context.
-        ok = sufficient_history(grid.observed, slots)
-        raw = subjects[key].raw_timestamps
-        if raw is not None:
-            # An exactly repeated row (same subject and timestamp text) is one origin.
-            ok &= ~pd.Series(raw).duplicated().to_numpy()
-        idx = np.flatnonzero(ok)
-        keys.append(key)
-        rows_idx.append(idx)
-        origins.append(bank.offsets[key] + slots[idx])
-    n_total = int(sum(o.size for o in origins))
+    n_total = 0
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     header = ["subject_id", "timestamp", "horizon_min", "glucose_mg_dl", "p10", "p90", "p_below_70"]
     with _open_text(output_path, "w") as fh:
         fh.write(",".join(header) + "\n")
-        for key, idx, o in zip(keys, rows_idx, origins, strict=True):
-            r = subjects[key]
-            ts = r.raw_timestamps[idx] if r.raw_timestamps is not None else idx.astype(str)
-            chunk = batch_size * 4
-            for start in range(0, o.size, chunk):
-                oo = o[start : start + chunk]
-                q = forecaster.predict_bank(bank, oo, batch_size=batch_size)
+        for key, r in subjects.items():
+            grid = grids[key]
+            if grid.n_slots == 0:
+                continue
+            # An exactly repeated row (same subject and timestamp text) is one origin.
+            first_row = ~pd.Series(r.raw_timestamps).duplicated().to_numpy() if r.raw_timestamps is not None else None
+            off_grid = off_grid_readings(r, grid)
+            for start in range(0, len(r), batch_size * 4):
+                rows = np.arange(start, min(start + batch_size * 4, len(r)))
+                # Readings on the 5-minute grid are forecast from it; the others (1- and 3-minute sensors,
+                # near-duplicates) from a lattice ending at their own time, so no origin starts from an
+                # older reading than its own.
+                on = rows[~off_grid[rows]]
+                off = rows[off_grid[rows]]
+                q = np.empty((rows.size, forecaster.config.horizon_steps, 3))
+                ok = np.empty(rows.size, dtype=bool)
+                on_pos, off_pos = on - start, off - start
+                ok[on_pos] = sufficient_history(grid.observed, grid.reading_slot[on])
+                q[on_pos[ok[on_pos]]] = forecaster.predict_bank(
+                    bank, bank.offsets[key] + grid.reading_slot[on[ok[on_pos]]], batch_size=batch_size
+                )
+                if off.size:
+                    q[off_pos], ok[off_pos] = forecaster.predict_readings(r, off, batch_size=batch_size)
+                if first_row is not None:
+                    ok &= first_row[rows]
+                q = q[ok]
+                if not q.shape[0]:
+                    continue
+                ts = r.raw_timestamps[rows[ok]] if r.raw_timestamps is not None else rows[ok].astype(str)
                 risk = forecaster.risk(q)
                 blocks = []
                 for h in horizons:
@@ -288,7 +294,7 @@ def forecast_csv(
                         pd.DataFrame(
                             {
                                 "subject_id": r.subject_id,
-                                "timestamp": ts[start : start + chunk],
+                                "timestamp": ts,
                                 "horizon_min": h,
                                 "glucose_mg_dl": np.round(q[:, k, 1], 1),
                                 "p10": np.round(q[:, k, 0], 1),
@@ -299,8 +305,9 @@ def forecast_csv(
                     )
                 # pandas' C writer is several times faster than csv.writer here.
                 pd.concat(blocks).to_csv(fh, header=False, index=False, lineterminator="\n")
+                n_total += q.shape[0]
                 if progress is not None:
-                    progress(oo.size)
+                    progress(q.shape[0])
     return n_total
 
 

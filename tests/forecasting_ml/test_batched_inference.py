@@ -108,6 +108,27 @@ def test_a_batch_gives_exactly_what_each_patient_gets_alone() -> None:
     assert {r.reason for r in out if r.status != STATUS_OK} == {REASON_NO_READINGS, REASON_SPARSE}
 
 
+def test_a_patient_uploading_every_minute_is_forecast_from_the_newest_reading() -> None:
+    forecaster = Forecaster.load()
+    minute = readings_from_arrays(
+        START + 60 * np.arange(400), 120 + 60 * np.sin(np.arange(400) / 40), subject_id="xdrip-1min"
+    )
+    on_grid = _recent(synthetic_subject("p", days=1.0, seed=3), 6.5)
+    out = forecaster.forecast_patients([on_grid, minute, on_grid])
+    assert [o.status for o in out] == [STATUS_OK] * 3
+    assert out[1].origin_time == int(minute.times[-1])
+    q, enough = forecaster.predict_readings(minute, np.array([len(minute) - 1]))
+    assert enough[0]
+    np.testing.assert_allclose([[pt.p10, pt.p50, pt.p90] for pt in out[1].points], q[0], rtol=1e-5)
+    # The grid would have started from the slot's first reading, up to 4 minutes older: not the same forecast.
+    stale = alone(forecaster, minute)[3]
+    assert stale is not None and not np.allclose(stale, q[0])
+    for got in (out[0], out[2]):
+        np.testing.assert_allclose([[pt.p10, pt.p50, pt.p90] for pt in got.points], alone(forecaster, on_grid)[3], rtol=1e-5)
+    sparse = readings_from_arrays(START + 60 * np.array([0, 1, 30, 61]), [100, 101, 110, 120], subject_id="sparse")
+    assert forecaster.forecast_patients([sparse])[0].reason == REASON_SPARSE
+
+
 def test_a_batch_where_everyone_is_forecast_some_with_short_history() -> None:
     # Every subject forecast (forecast_batch's no-scatter path), one with full context (no mask needed),
     # others with less than a context since their first reading (the mask path).

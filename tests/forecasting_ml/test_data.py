@@ -9,6 +9,8 @@ from forecasting.ml.data import (
     FLAG_HIGH,
     FLAG_LOW,
     build_grid,
+    off_grid_readings,
+    origin_lattice,
     parse_glucose,
     read_cgm_csv,
     read_metadata,
@@ -108,3 +110,67 @@ def test_log_and_linear_targets_round_trip() -> None:
         cfg = WindowConfig(log_target=log)
         z = cfg.encode_target(future, last, Scaler())
         assert np.allclose(cfg.decode_target(z, last, Scaler()), future)
+
+
+def test_bare_times_of_day_run_over_midnight_into_the_next_day(tmp_path: Path) -> None:
+    # Colas_2019 writes only the time of day, two days per subject in file order.
+    path = tmp_path / "tod.csv"
+    path.write_text(
+        "subject_id,timestamp,glucose_mg_dl\n"
+        "a,23:50:14,100\na,23:55:14,101\na,00:00:14,102\na,00:05:14,103\n"
+        "b,12:00:00,90\nb,11:55:00,89\nb,12:05:00,91\n"  # a row out of order within one day
+        "a,24:00:00,1\n"  # not a time of day: dropped
+    )
+    subjects = read_cgm_csv(path)
+    a, b = subjects["a"], subjects["b"]
+    assert a.glucose.tolist() == [100, 101, 102, 103]
+    assert np.diff(a.times).tolist() == [300, 300, 300]
+    assert a.raw_timestamps.tolist() == ["23:50:14", "23:55:14", "00:00:14", "00:05:14"]
+    assert b.glucose.tolist() == [89, 90, 91] and np.diff(b.times).tolist() == [300, 300]
+
+
+def test_the_lattice_of_a_reading_on_the_grid_is_its_grid_window() -> None:
+    rng = np.random.default_rng(0)
+    t = minutes(*np.arange(0, 600, 5))
+    keep = np.ones(t.size, dtype=bool)
+    keep[[20, 40, 41, 60, 61, 62, 63, 64]] = False  # a 10-minute (interpolated) and a 25-minute (masked) gap
+    r = readings_from_arrays(t[keep], rng.normal(150, 30, t.size)[keep], carbs=np.arange(keep.sum()) % 7 == 0)
+    grid = build_grid(r)
+    assert not off_grid_readings(r, grid).any()
+    origins = np.arange(30, len(r))
+    context = origin_lattice(r, origins, 24)
+    window = grid.reading_slot[origins][:, None] + np.arange(-23, 1)
+    np.testing.assert_array_equal(context.slot_time, grid.slot_time[window])
+    np.testing.assert_array_equal(context.observed, grid.observed[window])
+    np.testing.assert_allclose(context.value, grid.value[window])
+    np.testing.assert_allclose(context.carbs, grid.carbs[window])
+
+
+def test_one_minute_readings_get_a_lattice_ending_at_each_reading() -> None:
+    r = readings_from_arrays(minutes(*range(0, 120)), 100.0 + np.arange(120), insulin=np.ones(120))
+    off = off_grid_readings(r, build_grid(r))
+    # Each slot keeps its first reading, 2 minutes before the slot's time: only the very first reading is
+    # on the grid, so every other origin would start from an older value.
+    assert off.tolist() == [False] + [True] * 119
+    context = origin_lattice(r, np.array([119, 118]), 12)
+    # Every point is the reading exactly 5 k minutes before the origin, never a later one.
+    assert context.value[0].tolist() == [100.0 + m for m in range(64, 120, 5)]
+    assert context.value[1].tolist() == [100.0 + m for m in range(63, 119, 5)]
+    assert context.observed.all()
+    assert (context.slot_time[:, -1] == r.times[[119, 118]]).all()
+    # Insulin is summed over the readings within half a slot of each point, and none after the origin.
+    assert context.insulin[0, :-1].tolist() == [5.0] * 11 and context.insulin[0, -1] == 3.0
+    assert context.carbs is not None and not context.carbs.any()
+
+
+def test_a_lattice_does_not_depend_on_readings_after_its_origin() -> None:
+    rng = np.random.default_rng(1)
+    t = minutes(*np.sort(rng.uniform(0, 400, 300)))
+    g = rng.normal(150, 40, 300)
+    origins = np.arange(150, 160)
+    before = origin_lattice(readings_from_arrays(t, g), origins, 72)
+    g_changed = g.copy()
+    g_changed[160:] = 400.0
+    after = origin_lattice(readings_from_arrays(t, g_changed), origins, 72)
+    np.testing.assert_array_equal(before.value, after.value)
+    np.testing.assert_array_equal(before.observed, after.observed)

@@ -6,11 +6,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from forecasting.ml.artifacts import ERROR_CHECKSUM, load_artifact, save_artifact
-from forecasting.ml.data import SPECTRUM_COHORTS, TYPE1_COHORTS, SubjectReadings
+from forecasting.ml.data import (
+    SPECTRUM_COHORTS,
+    TYPE1_COHORTS,
+    SubjectReadings,
+    build_grid,
+    off_grid_readings,
+    read_cgm_csv,
+)
 from forecasting.ml.datasets import WindowConfig
 from forecasting.ml.inference import STATUS_INSUFFICIENT, STATUS_OK, Forecaster
 from forecasting.ml.pipeline import evaluate_subjects, forecast_csv
@@ -135,6 +143,33 @@ def test_evaluation_report_includes_model_baselines_and_calibration(trained: Qua
     assert {"model", "ar2", "persistence", "ridge"} <= methods
     assert all("coverage80" in r for r in rows if r["method"] == "model")
     assert set(calibration) == {e.name for e in RISK_EVENTS}
+
+
+def test_forecast_csv_forecasts_three_minute_readings_from_their_own_time(
+    trained: QuantileForecasterTrainer, tmp_path: Path
+) -> None:
+    path = _save(trained, tmp_path)
+    t = 1_700_000_000 + 180 * np.arange(200)
+    g = 140 + 60 * np.sin(np.arange(200) / 15)
+    inp = tmp_path / "three.csv"
+    inp.write_text("subject_id,timestamp,glucose_mg_dl\n" + "".join(
+        f"a,{np.datetime64(int(x), 's').astype(str).replace('T', ' ')},{v:.1f}\n" for x, v in zip(t, g, strict=True)
+    ))
+    out = tmp_path / "out.csv"
+    forecast_csv(inp, out, horizons=(30,), model_path=path)
+    rows = pd.read_csv(out)
+    forecaster = Forecaster.load(path)
+    readings = read_cgm_csv(inp)["a"]
+    q, enough = forecaster.predict_readings(readings, np.arange(len(readings)))
+    # Every reading with an hour of history is an origin, each forecast from its own lattice.
+    assert len(rows) == enough.sum() > 150
+    off = off_grid_readings(readings, build_grid(readings))[enough]
+    assert 0.3 < off.mean() < 0.8
+    written = rows["glucose_mg_dl"].to_numpy()
+    np.testing.assert_allclose(written[off], q[enough, 5, 1][off], atol=0.051)
+    # The others come from the grid, whose slot time is up to a minute from the reading's own.
+    np.testing.assert_allclose(written[~off], q[enough, 5, 1][~off], atol=1.0)
+    assert rows["glucose_mg_dl"].nunique() > 0.9 * len(rows)
 
 
 def test_evaluation_report_audits_by_diabetes_type(trained: QuantileForecasterTrainer) -> None:
