@@ -15,6 +15,7 @@ from forecasting.ml.data import (
     read_cgm_csv,
     read_metadata,
     readings_from_arrays,
+    without_basal_floor,
 )
 
 
@@ -174,3 +175,22 @@ def test_a_lattice_does_not_depend_on_readings_after_its_origin() -> None:
     after = origin_lattice(readings_from_arrays(t, g_changed), origins, 72)
     np.testing.assert_array_equal(before.value, after.value)
     np.testing.assert_array_equal(before.observed, after.observed)
+
+
+def test_a_basal_floor_under_the_insulin_column_is_removed_and_boluses_kept(tmp_path: Path) -> None:
+    t = minutes(*np.arange(0, 5 * 600, 5))
+    bolus = np.zeros(t.size)
+    bolus[[10, 100, 250, 400]] = [4.0, 2.5, 6.0, 1.0]
+    assert without_basal_floor(t, bolus).tolist() == bolus.tolist()  # bolus-only data passes unchanged
+    basal = 0.1 + 0.02 * (np.arange(t.size) > 300)  # a pump's basal, changed once
+    cleaned = without_basal_floor(t, bolus + basal)
+    # Once 3 hours are in the window, only the boluses remain (near the basal change, within 0.02 U).
+    np.testing.assert_allclose(cleaned[40:], bolus[40:], atol=0.021)
+    assert cleaned[400] > 0.95
+    path = tmp_path / "pump.csv"
+    rows = "".join(
+        f"a,{np.datetime64(int(x), 's').astype(str).replace('T', ' ')},120,,{u:.3f}\n"
+        for x, u in zip(t, bolus + basal, strict=True)
+    )
+    path.write_text("subject_id,timestamp,glucose_mg_dl,carbs_g,insulin_u\n" + rows)
+    np.testing.assert_allclose(read_cgm_csv(path)["a"].insulin[40:], bolus[40:], atol=0.021)
