@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from forecasting.ml.baselines import LinearExtrapolation, Persistence, RidgeLagged, ar2_forecast
-from forecasting.ml.data import Grid, SubjectReadings, build_grid
+from forecasting.ml.data import Grid, SubjectReadings, build_grid, off_grid, origin_lattice
 from forecasting.ml.datasets import Scaler, SeriesBank, WindowConfig
 
 TOLERANCE_SECONDS = 150
@@ -131,12 +131,14 @@ class Origins:
     """Evaluation origins of one subject.
 
     Attributes:
+        index: ``[N]`` index of each origin reading in the subject's readings.
         slot: ``[N]`` grid slot of each origin reading.
         time: ``[N]`` int seconds.
         current: ``[N]`` mg/dL at t.  previous: ``[N]`` mg/dL at t-5.
         target: horizon minutes -> ``[N]`` mg/dL at t+h (NaN where absent).
     """
 
+    index: np.ndarray
     slot: np.ndarray
     time: np.ndarray
     current: np.ndarray
@@ -149,16 +151,22 @@ def find_origins(readings: SubjectReadings, grid: Grid, horizons: tuple[int, ...
 
     A reading is an origin for horizon h when a reading exists at t-5 min
     (+/-2.5) and one at t+h (+/-2.5); the target is the reading nearest t+h.
-    Origins are returned when at least one horizon has a target.
+    Origins are returned when at least one horizon has a target. Readings with
+    the same time count once (the first); every other reading is an origin,
+    including those that share a 5-minute slot (1- and 3-minute sensors).
     """
-    kept = grid.reading_kept
-    t = readings.times[kept]
-    g = readings.glucose[kept]
-    slots = grid.reading_slot[kept]
+    times = readings.times
+    distinct = np.ones(times.shape[0], dtype=bool)
+    distinct[1:] = times[1:] != times[:-1]
+    index = np.flatnonzero(distinct)
+    t = times[index]
+    g = readings.glucose[index]
+    slots = grid.reading_slot[index]
     n = t.shape[0]
     if n == 0:
         empty = np.zeros(0)
-        return Origins(np.zeros(0, np.int64), np.zeros(0, np.int64), empty, empty, {h: empty for h in horizons})
+        none = np.zeros(0, np.int64)
+        return Origins(none, none, none, empty, empty, {h: empty for h in horizons})
     # Previous reading in [t-7.5, t-2.5] min: take the latest one not after t-2.5.
     j = np.searchsorted(t, t - TOLERANCE_SECONDS, side="right") - 1
     has_prev = (j >= 0) & (t[np.maximum(j, 0)] >= t - 3 * TOLERANCE_SECONDS) & (j < np.arange(n))
@@ -175,6 +183,7 @@ def find_origins(readings: SubjectReadings, grid: Grid, horizons: tuple[int, ...
         any_target |= ok & has_prev
     sel = any_target
     return Origins(
+        index=index[sel],
         slot=slots[sel],
         time=t[sel],
         current=g[sel],
@@ -256,8 +265,9 @@ def interval_coverage(ref: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> 
 # Running methods on origins
 # --------------------------------------------------------------------------
 
-#: (bank, global origin slots) -> ``[B, H, 3]`` mg/dL quantiles p10/p50/p90.
-QuantilePredictFn = Callable[[SeriesBank, np.ndarray], np.ndarray]
+#: (bank, subject key, its readings, its grid, origin reading indices) -> ``[B, H, 3]`` mg/dL quantiles
+#: p10/p50/p90, e.g. ``lambda *a: Forecaster.predict_origins(*a)[0]``.
+QuantilePredictFn = Callable[[SeriesBank, str, SubjectReadings, Grid, np.ndarray], np.ndarray]
 #: ``[B, H, 3]`` quantiles -> ``[B]`` bool: raise a predicted-low alert now.
 AlertFn = Callable[[np.ndarray], np.ndarray]
 
@@ -295,13 +305,13 @@ def collect_predictions(
     config = config or WindowConfig()
     scaler = scaler or Scaler()
     bank = SeriesBank(config, scaler)
-    per_subject: list[tuple[str, SubjectReadings, Origins]] = []
+    per_subject: list[tuple[str, SubjectReadings, Grid, Origins]] = []
     for key, readings in subjects.items():
         grid = build_grid(readings)
         if grid.n_slots == 0:
             continue
         bank.add(key, grid)
-        per_subject.append((key, readings, find_origins(readings, grid, horizons)))
+        per_subject.append((key, readings, grid, find_origins(readings, grid, horizons)))
     bank.finalize()
     steps = {h: h // 5 for h in horizons}
     H = max(steps.values())
@@ -314,12 +324,16 @@ def collect_predictions(
     interval: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {h: ([], []) for h in horizons}
     patient_days: dict[str, float] = {}
     alarms: list[np.ndarray] = []
-    for key, readings, org in per_subject:
+    for key, readings, grid, org in per_subject:
         if org.slot.size == 0:
             continue
         gslots = bank.offsets[key] + org.slot
         L = config.context_steps
         ctx = bank.value[gslots[:, None] + np.arange(-L + 1, 1)[None, :]]
+        # Origins off the grid see, like the model, a lattice ending at their own reading.
+        off = off_grid(readings.times, grid, org.index)
+        if off.any():
+            ctx[off] = origin_lattice(readings, org.index[off], L).value
         # The context must end in the origin's own reading.
         ctx[:, -1] = org.current
         preds: dict[str, np.ndarray] = {
@@ -328,7 +342,7 @@ def collect_predictions(
         for name, m in methods:
             preds[name] = m.predict(ctx, H)  # type: ignore[attr-defined]
         if predict_fn is not None:
-            q = predict_fn(bank, gslots)
+            q = predict_fn(bank, key, readings, grid, org.index)
             preds[model_name] = q[..., 1]
             if alert_fn is not None:
                 alarms.append(alert_fn(q))

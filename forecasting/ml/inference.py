@@ -188,6 +188,38 @@ class Forecaster:
                 pos += o.shape[0]
         return np.clip(out, 40.0, 400.0)
 
+    def predict_origins(
+        self, bank: SeriesBank, key: str, readings: SubjectReadings, grid: Grid, origins: np.ndarray,
+        batch_size: int = 8192, personal: PersonalOutputLayer | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Forecasts from readings ``origins`` of subject ``key`` of a bank: the one rule for offline work.
+
+        A reading on the 5-minute grid is forecast from the bank; any other from a lattice ending at that
+        reading (:meth:`predict_readings`), so every forecast starts from its origin's own value and time.
+
+        Returns:
+            ``[M, H, 3]`` mg/dL quantiles and ``[M]`` bool, whether the origin had enough recent data.
+        """
+        q = np.empty((origins.shape[0], self.config.horizon_steps, 3), dtype=np.float64)
+        enough = np.empty(origins.shape[0], dtype=bool)
+        off = off_grid(readings.times, grid, origins)
+        on_rows, off_rows = np.flatnonzero(~off), np.flatnonzero(off)
+        slots = grid.reading_slot[origins[on_rows]]
+        enough[on_rows] = sufficient_history(grid.observed, slots)
+        q[on_rows] = self.predict_bank(bank, bank.offsets[key] + slots, batch_size=batch_size, personal=personal)
+        if off_rows.size:
+            q[off_rows], enough[off_rows] = self.predict_readings(
+                readings, origins[off_rows], batch_size=batch_size, personal=personal
+            )
+        return q, enough
+
+    def predict_origin_quantiles(
+        self, bank: SeriesBank, key: str, readings: SubjectReadings, grid: Grid, origins: np.ndarray,
+        personal: PersonalOutputLayer | None = None,
+    ) -> np.ndarray:
+        """:meth:`predict_origins` without the enough-data flags (the evaluation scores every origin)."""
+        return self.predict_origins(bank, key, readings, grid, origins, personal=personal)[0]
+
     def predict_readings(
         self, readings: SubjectReadings, origins: np.ndarray, batch_size: int = 8192,
         personal: PersonalOutputLayer | None = None,

@@ -229,7 +229,7 @@ def personalisation_gain(
         for label, layer in (("population", None), ("personal", tuned.layer)):
             data = collect_predictions(
                 {key: r},
-                predict_fn=functools.partial(forecaster.predict_bank, personal=layer),
+                predict_fn=functools.partial(forecaster.predict_origin_quantiles, personal=layer),
                 config=forecaster.config,
                 scaler=forecaster.scaler,
             )

@@ -25,7 +25,6 @@ from forecasting.ml.data import (
     age_band,
     diabetes_group,
     load_cohorts,
-    off_grid_readings,
     read_cgm_csv,
 )
 from forecasting.ml.datasets import Scaler, WindowConfig, sufficient_history
@@ -58,7 +57,7 @@ def evaluate_subjects(
     predict_fn = None
     if forecaster is not None:
         config, scaler = forecaster.config, forecaster.scaler
-        predict_fn = forecaster.predict_bank
+        predict_fn = forecaster.predict_origin_quantiles
         if forecaster.metadata.get("ridge"):
             ridge = RidgeLagged.from_dict(forecaster.metadata["ridge"])
     alert_fn = None
@@ -259,23 +258,9 @@ def forecast_csv(
                 continue
             # An exactly repeated row (same subject and timestamp text) is one origin.
             first_row = ~pd.Series(r.raw_timestamps).duplicated().to_numpy() if r.raw_timestamps is not None else None
-            off_grid = off_grid_readings(r, grid)
             for start in range(0, len(r), batch_size * 4):
                 rows = np.arange(start, min(start + batch_size * 4, len(r)))
-                # Readings on the 5-minute grid are forecast from it; the others (1- and 3-minute sensors,
-                # near-duplicates) from a lattice ending at their own time, so no origin starts from an
-                # older reading than its own.
-                on = rows[~off_grid[rows]]
-                off = rows[off_grid[rows]]
-                q = np.empty((rows.size, forecaster.config.horizon_steps, 3))
-                ok = np.empty(rows.size, dtype=bool)
-                on_pos, off_pos = on - start, off - start
-                ok[on_pos] = sufficient_history(grid.observed, grid.reading_slot[on])
-                q[on_pos[ok[on_pos]]] = forecaster.predict_bank(
-                    bank, bank.offsets[key] + grid.reading_slot[on[ok[on_pos]]], batch_size=batch_size
-                )
-                if off.size:
-                    q[off_pos], ok[off_pos] = forecaster.predict_readings(r, off, batch_size=batch_size)
+                q, ok = forecaster.predict_origins(bank, key, r, grid, rows, batch_size=batch_size)
                 if first_row is not None:
                     ok &= first_row[rows]
                 q = q[ok]

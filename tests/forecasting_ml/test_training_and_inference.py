@@ -169,6 +169,10 @@ def test_forecast_csv_forecasts_three_minute_readings_from_their_own_time(
     np.testing.assert_allclose(written[off], q[enough, 5, 1][off], atol=0.051)
     # The others come from the grid, whose slot time is up to a minute from the reading's own.
     np.testing.assert_allclose(written[~off], q[enough, 5, 1][~off], atol=1.0)
+    # The evaluation scores every reading too (not one per 5-minute slot), with the same forecasts.
+    rows_eval, _ = evaluate_subjects({"a": readings}, forecaster, horizons=(30,))
+    n = {r["method"]: r["n"] for r in rows_eval if r["cohort"] == "all" and "n" in r}
+    assert n["model"] == n["ar2"] == 200 - 1 - 10  # no t-5 for the first, no t+30 for the last 10
     assert rows["glucose_mg_dl"].nunique() > 0.9 * len(rows)
 
 
