@@ -314,8 +314,10 @@ def load_cohorts(data_dir: str | Path, cohorts: tuple[str, ...] = TYPE1_COHORTS)
 
 def age_band(info: dict[str, str]) -> str:
     """Age group label used to audit bias (GUIDE section 8): child, adolescent, adult, older adult."""
+    text = info.get("age", "").strip()
     try:
-        age = float(info.get("age", ""))
+        # An age range ("35-65", BIGIDEAs) counts at its midpoint.
+        age = float(np.mean([float(part) for part in text.split("-")])) if "-" in text[1:] else float(text)
     except ValueError:
         return "age unknown"
     if age < 13:

@@ -110,6 +110,8 @@ def test_report_can_be_grouped_by_age_band(subjects: dict) -> None:
     assert age_band({"age": "70"}) == "older adult (65+)"
     assert age_band({"age": "15"}) == "adolescent (13-17)"
     assert age_band({}) == "age unknown"
+    assert age_band({"age": "35-65"}) == "adult (18-64)"
+    assert age_band({"age": "n/a"}) == "age unknown"
     data = collect_predictions(subjects)
     groups = {k: ("older adult (65+)" if i % 2 else "adult (18-64)") for i, k in enumerate(subjects)}
     labels = {r["cohort"] for r in summarise(data, subject_groups=groups)}

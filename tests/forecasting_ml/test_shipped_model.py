@@ -38,3 +38,15 @@ def test_shipped_model_beats_persistence_on_one_real_held_out_subject(shared_dat
     rmse = {r["method"]: r["rmse"] for r in rows if r["cohort"] == "all" and "rmse" in r}
     assert rmse["model"] < rmse["persistence"]
     assert np.isfinite(rmse["ar2"])
+
+
+def test_shipped_model_beats_ar2_on_held_out_people_without_type_1_diabetes(shared_data_dir: Path) -> None:
+    # A model that had only seen type 1 glucose drifted towards type 1 levels here and lost to AR2 at 60 min.
+    forecaster = Forecaster.load()
+    held_out = [k for k in forecaster.metadata["split"]["test"] if k.startswith("Colas_2019/")]
+    assert len(held_out) >= 10
+    subjects = read_cgm_csv(shared_data_dir / "Colas_2019.csv.gz", cohort="Colas_2019")
+    rows, _ = evaluate_subjects({k: subjects[k.split("/", 1)[1]] for k in held_out}, forecaster)
+    rmse = {(r["horizon"], r["method"]): r["rmse"] for r in rows if r["cohort"] == "all" and "rmse" in r}
+    assert rmse[(30, "model")] < rmse[(30, "ar2")]
+    assert rmse[(60, "model")] < rmse[(60, "ar2")]
