@@ -175,8 +175,12 @@ _TIME_OF_DAY = r"^\s*(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d*)?)?\s*$"
 _ROLLOVER_SECONDS = 12 * 3600
 
 
-def _date_time_of_day_rows(frame: pd.DataFrame, times: np.ndarray) -> None:
-    """Give rows whose timestamp is a bare time of day ("00:05:14") a day, in place in ``times``.
+#: The longest bare time of day ("HH:MM:SS.ffffff"); any date-time is longer.
+_TIME_OF_DAY_MAX_CHARS = 15
+
+
+def _with_days_for_bare_times(text: pd.Series, subjects: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``times`` with rows whose timestamp is a bare time of day ("00:05:14") given a day.
 
     Some harmonised cohorts (Colas_2019) write only the time of day, two or more days per subject in
     file order. Parsed as dates they would all fall on one day, and sorting would interleave the days.
@@ -184,17 +188,24 @@ def _date_time_of_day_rows(frame: pd.DataFrame, times: np.ndarray) -> None:
     falls back by more than 12 hours (23:55 then 00:00); a smaller step back is an out-of-order row of
     the same day.
     """
-    parts = frame["timestamp"].astype(str).str.extract(_TIME_OF_DAY)
-    bare = parts[0].notna().to_numpy()
-    if not bare.any():
-        return
-    rows = parts[bare].astype(float).fillna(0.0)
+    # Only short cells can be bare times: the regular expression then runs on those alone, not on every
+    # row of a large file (it doubled the read time of Bris-T1D_Open).
+    short = np.flatnonzero(text.str.len().to_numpy() <= _TIME_OF_DAY_MAX_CHARS)
+    if short.size == 0:
+        return times
+    parts = text.iloc[short].str.extract(_TIME_OF_DAY)
+    is_bare = parts[0].notna().to_numpy()
+    if not is_bare.any():
+        return times
+    bare = short[is_bare]
+    rows = parts[is_bare].astype(float).fillna(0.0)
     second_of_day = (rows[0] * 3600 + rows[1] * 60 + rows[2]).to_numpy().astype(np.int64)
-    subject = frame["subject_id"].astype(str).to_numpy(dtype=object)[bare]
+    subject = subjects[bare]
     step = pd.Series(second_of_day).groupby(subject).diff().to_numpy()
     day = pd.Series((step < -_ROLLOVER_SECONDS).astype(np.int64)).groupby(subject).cumsum().to_numpy()
-    valid = second_of_day < 86400
-    times[np.flatnonzero(bare)] = np.where(valid, day * 86400 + second_of_day, np.iinfo(np.int64).min)
+    out = times.copy()
+    out[bare] = np.where(second_of_day < 86400, day * 86400 + second_of_day, np.iinfo(np.int64).min)
+    return out
 
 
 #: Readings that must be in the window before a basal floor is estimated (3 hours of 5-minute readings).
@@ -228,9 +239,10 @@ def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, Subjec
     missing = required - set(frame.columns)
     if missing:
         raise ValueError(f"CSV is missing columns: {sorted(missing)}")
-    raw_ts = frame["timestamp"].astype(str).to_numpy(dtype=object)
-    times = parse_timestamps(frame["timestamp"].astype(str))
-    _date_time_of_day_rows(frame, times)
+    timestamp_text = frame["timestamp"].astype(str)
+    raw_ts = timestamp_text.to_numpy(dtype=object)
+    subjects = frame["subject_id"].astype(str).to_numpy(dtype=object)
+    times = _with_days_for_bare_times(timestamp_text, subjects, parse_timestamps(timestamp_text))
     glucose, flags = parse_glucose(frame["glucose_mg_dl"].to_numpy(dtype=object))
     has_carbs = "carbs_g" in frame.columns
     has_insulin = "insulin_u" in frame.columns
@@ -239,7 +251,6 @@ def frame_to_subjects(frame: pd.DataFrame, cohort: str = "") -> dict[str, Subjec
         np.nan_to_num(pd.to_numeric(frame["insulin_u"], errors="coerce").to_numpy(np.float64)) if has_insulin else None
     )
     valid = (times != np.iinfo(np.int64).min) & ~np.isnan(glucose)
-    subjects = frame["subject_id"].astype(str).to_numpy(dtype=object)
     out: dict[str, SubjectReadings] = {}
     idx_all = np.flatnonzero(valid)
     if idx_all.size == 0:
@@ -317,7 +328,7 @@ def age_band(info: dict[str, str]) -> str:
     text = info.get("age", "").strip()
     try:
         # An age range ("35-65", BIGIDEAs) counts at its midpoint.
-        age = float(np.mean([float(part) for part in text.split("-")])) if "-" in text[1:] else float(text)
+        age = float(np.mean([float(part) for part in text.split("-")]))
     except ValueError:
         return "age unknown"
     if age < 13:
@@ -475,18 +486,16 @@ def build_grid(readings: SubjectReadings, subject_starts: np.ndarray | None = No
 ON_GRID_SECONDS = 60
 
 
-def off_grid_readings(readings: SubjectReadings, grid: Grid) -> np.ndarray:
-    """``[N]`` bool: readings the shared grid cannot forecast from at their own time.
+def off_grid(times: np.ndarray, grid: Grid, index: np.ndarray | None = None) -> np.ndarray:
+    """Bool per reading (all, or those at ``index``): readings the grid cannot forecast from at their time.
 
-    The grid keeps the first reading of each 5-minute slot at the slot's nominal time. For a reading
-    that lost its slot to an earlier one, or sits more than ON_GRID_SECONDS from the slot's time, a
-    forecast from the grid would start from an older value and aim at the wrong minutes.
+    ``grid`` was built from ``times``. The grid keeps the first reading of each 5-minute slot at the
+    slot's nominal time. For a reading that lost its slot to an earlier one, or sits more than
+    ON_GRID_SECONDS from the slot's time, a forecast from the grid would start from an older value and
+    aim at the wrong minutes.
     """
-    return off_grid(readings.times, grid, np.arange(len(readings)))
-
-
-def off_grid(times: np.ndarray, grid: Grid, index: np.ndarray) -> np.ndarray:
-    """:func:`off_grid_readings` for the readings at ``index`` of the ``times`` that ``grid`` was built from."""
+    if index is None:
+        index = np.arange(times.shape[0])
     slot = grid.reading_slot[index]
     return ~grid.reading_kept[index] | (np.abs(times[index] - grid.slot_time[slot]) > ON_GRID_SECONDS)
 

@@ -266,7 +266,7 @@ def interval_coverage(ref: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> 
 # --------------------------------------------------------------------------
 
 #: (bank, subject key, its readings, its grid, origin reading indices) -> ``[B, H, 3]`` mg/dL quantiles
-#: p10/p50/p90, e.g. ``lambda *a: Forecaster.predict_origins(*a)[0]``.
+#: p10/p50/p90, e.g. ``Forecaster.predict_origin_quantiles``.
 QuantilePredictFn = Callable[[SeriesBank, str, SubjectReadings, Grid, np.ndarray], np.ndarray]
 #: ``[B, H, 3]`` quantiles -> ``[B]`` bool: raise a predicted-low alert now.
 AlertFn = Callable[[np.ndarray], np.ndarray]

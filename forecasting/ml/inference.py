@@ -226,7 +226,7 @@ class Forecaster:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Forecasts from given readings of one subject, each on a lattice ending at that reading.
 
-        For origins the shared grid cannot place at their own time (:func:`data.off_grid_readings`):
+        For origins the shared grid cannot place at their own time (:func:`data.off_grid`):
         1- and 3-minute sensors, near-duplicates, drifted clocks. On readings that sit on the 5-minute
         grid it gives the same context as :meth:`predict_bank`.
 
@@ -286,7 +286,7 @@ class Forecaster:
 
     def _batch_grid(self, batch: BatchReadings) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray]:
         """One grid for a whole batch, each subject's first and newest reading slot (-1 if none), and
-        whether each subject's newest reading is off the grid (:func:`data.off_grid_readings`).
+        whether each subject's newest reading is off the grid (:func:`data.off_grid`).
 
         Why one grid: gridding patients one by one costs tens of microseconds of numpy calls each, more
         than their share of the forward pass. Instead subject i's readings are shifted by a whole number of

@@ -256,13 +256,13 @@ def forecast_csv(
             grid = grids[key]
             if grid.n_slots == 0:
                 continue
-            # An exactly repeated row (same subject and timestamp text) is one origin.
-            first_row = ~pd.Series(r.raw_timestamps).duplicated().to_numpy() if r.raw_timestamps is not None else None
-            for start in range(0, len(r), batch_size * 4):
-                rows = np.arange(start, min(start + batch_size * 4, len(r)))
+            # An exactly repeated row (same subject and timestamp text) is one origin, forecast once.
+            candidates = np.arange(len(r))
+            if r.raw_timestamps is not None:
+                candidates = np.flatnonzero(~pd.Series(r.raw_timestamps).duplicated().to_numpy())
+            for start in range(0, candidates.size, batch_size * 4):
+                rows = candidates[start : start + batch_size * 4]
                 q, ok = forecaster.predict_origins(bank, key, r, grid, rows, batch_size=batch_size)
-                if first_row is not None:
-                    ok &= first_row[rows]
                 q = q[ok]
                 if not q.shape[0]:
                     continue

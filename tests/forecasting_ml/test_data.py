@@ -9,7 +9,7 @@ from forecasting.ml.data import (
     FLAG_HIGH,
     FLAG_LOW,
     build_grid,
-    off_grid_readings,
+    off_grid,
     origin_lattice,
     parse_glucose,
     read_cgm_csv,
@@ -137,7 +137,7 @@ def test_the_lattice_of_a_reading_on_the_grid_is_its_grid_window() -> None:
     keep[[20, 40, 41, 60, 61, 62, 63, 64]] = False  # a 10-minute (interpolated) and a 25-minute (masked) gap
     r = readings_from_arrays(t[keep], rng.normal(150, 30, t.size)[keep], carbs=np.arange(keep.sum()) % 7 == 0)
     grid = build_grid(r)
-    assert not off_grid_readings(r, grid).any()
+    assert not off_grid(r.times, grid).any()
     origins = np.arange(30, len(r))
     context = origin_lattice(r, origins, 24)
     window = grid.reading_slot[origins][:, None] + np.arange(-23, 1)
@@ -149,7 +149,7 @@ def test_the_lattice_of_a_reading_on_the_grid_is_its_grid_window() -> None:
 
 def test_one_minute_readings_get_a_lattice_ending_at_each_reading() -> None:
     r = readings_from_arrays(minutes(*range(0, 120)), 100.0 + np.arange(120), insulin=np.ones(120))
-    off = off_grid_readings(r, build_grid(r))
+    off = off_grid(r.times, build_grid(r))
     # Each slot keeps its first reading, 2 minutes before the slot's time: only the very first reading is
     # on the grid, so every other origin would start from an older value.
     assert off.tolist() == [False] + [True] * 119

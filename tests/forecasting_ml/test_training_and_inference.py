@@ -16,7 +16,7 @@ from forecasting.ml.data import (
     TYPE1_COHORTS,
     SubjectReadings,
     build_grid,
-    off_grid_readings,
+    off_grid,
     read_cgm_csv,
 )
 from forecasting.ml.datasets import WindowConfig
@@ -163,7 +163,7 @@ def test_forecast_csv_forecasts_three_minute_readings_from_their_own_time(
     q, enough = forecaster.predict_readings(readings, np.arange(len(readings)))
     # Every reading with an hour of history is an origin, each forecast from its own lattice.
     assert len(rows) == enough.sum() > 150
-    off = off_grid_readings(readings, build_grid(readings))[enough]
+    off = off_grid(readings.times, build_grid(readings))[enough]
     assert 0.3 < off.mean() < 0.8
     written = rows["glucose_mg_dl"].to_numpy()
     np.testing.assert_allclose(written[off], q[enough, 5, 1][off], atol=0.051)
