@@ -38,7 +38,7 @@ from forecasting.ml.training import QuantileForecasterTrainer, TrainingConfig, s
 
 logger = logging.getLogger(__name__)
 
-MODEL_VERSION = "1.3.0"
+MODEL_VERSION = "1.4.0"
 #: Predicted-low alert: calibrated P(<70 mg/dL within 30 min) at least this.
 #: "More likely than not" is fixed a priori, not tuned on test subjects.
 ALERT_PROBABILITY = 0.5

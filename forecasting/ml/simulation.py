@@ -21,6 +21,13 @@ highs; the dose itself is simglucose's ``BBController`` (carbohydrate ratio + co
 factor from its Quest table). The patient model, pump quantisation and sensor noise are
 simglucose's own.
 
+Why simglucose's own scenario as well (:func:`simulate_patient_published`, since v1.4.0): a model trained only
+on the randomised days learned that a low is soon treated (the rescue carbohydrate there), so on days run with
+simglucose's published ``T1DSimEnv`` + ``RandomScenario`` + ``BBController``, where nobody treats a low, it
+forecast glucose below 54 mg/dL 23 mg/dL too high at 30 min and 52 at 60 min (30 patients x 3 days). Anyone
+evaluating with simglucose as published gets those days, so the cohort holds both kinds, and the model must
+read the treatment channels to tell them apart.
+
 Why correction boluses without a meal: with insulin only ever given at meals, a forecaster
 learns the pair (insulin means a meal, so glucose rises) instead of what insulin does.
 
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import logging
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -62,6 +70,11 @@ CORRECTION_GAP_MINUTES = 180
 CORRECTION_PROBABILITY = 0.5
 #: Part of the cache path: a change to the scenario (2: correction boluses) must not reuse older files.
 SCENARIO_VERSION = 2
+#: The two ways a patient's days are simulated (see the module docstring and :func:`simulate_patient_published`).
+RANDOMISED, PUBLISHED = "randomised", "published"
+SCENARIOS = (RANDOMISED, PUBLISHED)
+#: Subject ids are ``sim-<patient>`` (randomised) and ``sim-<patient>-published``.
+PUBLISHED_SUFFIX = "-published"
 #: Readings are rounded like real sensor exports and clamped to the sensor range.
 SENSOR_LOW, SENSOR_HIGH = 40.0, 400.0
 
@@ -102,6 +115,9 @@ def import_simglucose() -> dict[str, Any]:
         ImportError: simglucose is not installed (``pip install simglucose==0.2.11``).
     """
     _install_shims()
+    # simglucose logs every meal and bolus at INFO (tens of thousands of lines per cohort), which buries
+    # simulate_cohort's progress bar; its warnings still show.
+    logging.getLogger("simglucose").setLevel(logging.WARNING)
     t1d = importlib.import_module("simglucose.patient.t1dpatient")
     cgm = importlib.import_module("simglucose.sensor.cgm")
     pump = importlib.import_module("simglucose.actuator.pump")
@@ -251,6 +267,59 @@ def simulate_patient(
     return frame
 
 
+def simulate_patient_published(
+    name: str, days: float, seed: int, sensor_name: str = SENSOR_NAME, log_basal: bool = False,
+) -> pd.DataFrame:
+    """Simulate one virtual patient exactly as simglucose publishes it: ``T1DSimEnv`` with ``RandomScenario``
+    (its meal times and sizes), ``BBController`` (a bolus with every meal, the exact carbohydrate count, no
+    treatment of lows) and the Insulet pump.
+
+    Args:
+        name, days, seed: as :func:`simulate_patient`.
+        sensor_name: a simglucose sensor; GuardianRT (the default, training) reads every 5 minutes,
+            Dexcom every 3.
+        log_basal: write basal + bolus insulin in ``insulin_u`` (a pump's total delivery) instead of the
+            bolus alone (the default, as in the randomised days). For robustness checks: the reader
+            removes such a basal floor (``data.without_basal_floor``).
+
+    Returns:
+        Frame in the shared format, one row per sensor reading; subject ids end in ``-published``.
+    """
+    sg = import_simglucose()
+    env_module = importlib.import_module("simglucose.simulation.env")
+    scenario_module = importlib.import_module("simglucose.simulation.scenario_gen")
+    rng = np.random.default_rng(seed)
+    patient = sg["T1DPatient"].withName(name, random_init_bg=True, seed=int(rng.integers(2**31)))
+    sensor = sg["CGMSensor"].withName(sensor_name, seed=int(rng.integers(2**31)))
+    pump = sg["InsulinPump"].withName(PUMP_NAME)
+    scenario = scenario_module.RandomScenario(start_time=START, seed=int(rng.integers(2**31)))
+    env = env_module.T1DSimEnv(patient, sensor, pump, scenario)
+    controller = sg["BBController"]()
+    observation, reward, done, info = env.reset()
+    # After reset, which reads the parameters as a pandas Series once more.
+    patient._params = _FastParams(patient._params)
+    step_minutes = int(env.sample_time)
+    rows: list[tuple[str, float, float, float]] = []
+    for _ in range(round(days * 1440 / step_minutes)):
+        action = controller.policy(observation, reward, done, **info)
+        observation, reward, done, info = env.step(action)
+        # env.step holds the action for every minute of the step and logs per-minute means.
+        insulin_u = (env.insulin_hist[-1] if log_basal else float(pump.bolus(action.bolus))) * step_minutes
+        carbs_g = env.CHO_hist[-1] * step_minutes
+        glucose = float(np.clip(round(observation.CGM), SENSOR_LOW, SENSOR_HIGH))
+        # Boluses to 0.01 U, as in the randomised days; a basal of a few hundredths per step needs 0.001.
+        insulin_u = round(insulin_u, 3 if log_basal else 2)
+        rows.append((env.time.strftime("%Y-%m-%d %H:%M:%S"), glucose, round(carbs_g, 1), insulin_u))
+    frame = pd.DataFrame(rows, columns=["timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"])
+    frame.insert(0, "subject_id", f"sim-{name}{PUBLISHED_SUFFIX}")
+    return frame
+
+
+def patient_name(subject_id: str) -> str:
+    """The simglucose patient behind a simulated subject id (either scenario), e.g. ``adult#001``."""
+    return subject_id.split("/")[-1].removeprefix("sim-").removesuffix(PUBLISHED_SUFFIX)
+
+
 def patient_metadata(name: str) -> dict[str, str]:
     """Metadata row in the shared ``<cohort>-metadata.csv`` style for one virtual patient."""
     sg = import_simglucose()
@@ -266,24 +335,38 @@ def patient_metadata(name: str) -> dict[str, str]:
     }
 
 
-def _simulate_to_file(name: str, days: float, patient_seed: int, path: Path) -> None:
-    frame = simulate_patient(name, days, patient_seed)
+def _simulate_to_file(
+    name: str, days: float, patient_seed: int, path: Path, scenario: str = RANDOMISED, **published: Any,
+) -> None:
+    if scenario == PUBLISHED:
+        frame = simulate_patient_published(name, days, patient_seed, **published)
+    else:
+        frame = simulate_patient(name, days, patient_seed)
     tmp = path.with_suffix(".tmp")
     frame.to_csv(tmp, index=False)
     tmp.replace(path)
 
 
 def iter_cohort(
-    names: tuple[str, ...], days: float, seed: int, cache_dir: Path, jobs: int = 1
+    names: tuple[str, ...], days: float, seed: int, cache_dir: Path, jobs: int = 1, scenario: str = RANDOMISED,
+    sensor_name: str = SENSOR_NAME, log_basal: bool = False,
 ) -> Iterator[tuple[str, Path, bool]]:
     """Simulate each patient into ``cache_dir/patients/<scenario, days, seed>/<name>.csv`` unless already cached.
+
+    ``scenario`` is RANDOMISED (:func:`simulate_patient`) or PUBLISHED (:func:`simulate_patient_published`,
+    which alone takes ``sensor_name`` and ``log_basal``).
 
     Yields (name, path, was_cached) as each patient is ready: cached ones first, then the rest in
     the order they finish (``jobs`` processes at a time). Per-patient files make an interrupted run
     resumable, and each patient's seed depends only on (seed, patient), so the files do not depend on
     ``jobs`` or on which patients were asked for.
     """
-    part_dir = cache_dir / "patients" / f"scenario{SCENARIO_VERSION}-days{days:g}-seed{seed}"
+    published: dict[str, Any] = {}
+    kind = f"scenario{SCENARIO_VERSION}"
+    if scenario == PUBLISHED:
+        published = {"sensor_name": sensor_name, "log_basal": log_basal}
+        kind = f"{PUBLISHED}-{sensor_name}-{'total' if log_basal else 'bolus'}-insulin"
+    part_dir = cache_dir / "patients" / f"{kind}-days{days:g}-seed{seed}"
     part_dir.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[str, int, Path]] = []
     for name in names:
@@ -294,11 +377,11 @@ def iter_cohort(
             todo.append((name, seed * 1000 + PATIENT_NAMES.index(name), path))
     if jobs <= 1:
         for name, patient_seed, path in todo:
-            _simulate_to_file(name, days, patient_seed, path)
+            _simulate_to_file(name, days, patient_seed, path, scenario, **published)
             yield name, path, False
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        running = {pool.submit(_simulate_to_file, name, days, patient_seed, path): (name, path)
+        running = {pool.submit(_simulate_to_file, name, days, patient_seed, path, scenario, **published): (name, path)
                    for name, patient_seed, path in todo}
         for done in as_completed(running):
             done.result()
@@ -306,11 +389,14 @@ def iter_cohort(
 
 
 def assemble_cohort(paths: list[Path], names: list[str], cache_dir: Path) -> tuple[Path, Path]:
-    """Concatenate per-patient files into ``simglucose.csv.gz`` + ``simglucose-metadata.csv``."""
+    """Concatenate per-patient files into ``simglucose.csv.gz`` + ``simglucose-metadata.csv`` (one metadata
+    row per subject id, so a patient simulated under both scenarios has two)."""
     frame = pd.concat([pd.read_csv(p, dtype={"subject_id": str, "timestamp": str}) for p in paths], ignore_index=True)
     out = cache_dir / f"{SIM_COHORT}.csv.gz"
     frame.to_csv(out, index=False, compression="gzip")
-    meta = pd.DataFrame([patient_metadata(n) for n in names])
+    subject_ids = frame["subject_id"].drop_duplicates().tolist()
+    by_name = {n: patient_metadata(n) for n in names}
+    meta = pd.DataFrame([{**by_name[patient_name(sid)], "person_id": sid} for sid in subject_ids])
     meta_path = cache_dir / f"{SIM_COHORT}-metadata.csv"
     meta.to_csv(meta_path, index=False)
     return out, meta_path
@@ -333,18 +419,25 @@ def load_sim_cohort(cache_dir: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for sid, readings in read_cgm_csv(path, cohort=SIM_COHORT).items():
         readings.info = meta.get(sid, {})
+        if sid.endswith(PUBLISHED_SUFFIX):
+            # Its own cohort label, so that the evaluation reports the two scenarios apart.
+            readings.cohort = f"{SIM_COHORT} {PUBLISHED}"
         out[f"{SIM_COHORT}/{sid}"] = readings
     return out
 
 
 def split_sim_subjects(keys: list[str], seed: int = 0, n_test: int = 2, n_val: int = 1) -> dict[str, list[str]]:
-    """Split virtual patients by subject, stratified by age group: per group ``n_test`` test, ``n_val`` val."""
+    """Split virtual patients, stratified by age group: per group ``n_test`` test, ``n_val`` val patients.
+
+    The unit is the patient, not the subject id: a patient simulated under both scenarios goes to one side
+    with both. With one scenario this draws exactly the split of earlier versions.
+    """
     rng = np.random.default_rng(seed)
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for group in AGE_GROUPS:
-        members = sorted(k for k in keys if k.split("/")[-1].removeprefix("sim-").startswith(group))
-        members = [members[i] for i in rng.permutation(len(members))]
-        out["test"] += members[:n_test]
-        out["val"] += members[n_test : n_test + n_val]
-        out["train"] += members[n_test + n_val :]
+        patients = sorted({patient_name(k) for k in keys if patient_name(k).startswith(group)})
+        patients = [patients[i] for i in rng.permutation(len(patients))]
+        for part, chosen in (("test", patients[:n_test]), ("val", patients[n_test : n_test + n_val]),
+                             ("train", patients[n_test + n_val :])):
+            out[part] += sorted(k for k in keys if patient_name(k) in chosen)
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -81,6 +82,27 @@ def test_the_simulation_is_seeded() -> None:
     assert not a["glucose_mg_dl"].equals(c["glucose_mg_dl"])
 
 
+@needs_simglucose
+def test_the_published_scenario_boluses_every_meal_and_never_treats_a_low() -> None:
+    """simglucose's own T1DSimEnv + RandomScenario + BBController: what an evaluator using it as published gets."""
+    from forecasting.ml.simulation import PUBLISHED_SUFFIX, simulate_patient, simulate_patient_published
+
+    frame = simulate_patient_published("child#001", days=1.0, seed=3)
+    assert list(frame.columns) == ["subject_id", "timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"]
+    assert len(frame) == 288 and frame["subject_id"].eq(f"sim-child#001{PUBLISHED_SUFFIX}").all()
+    assert pd.to_datetime(frame["timestamp"]).diff().dropna().eq(pd.Timedelta(minutes=5)).all()
+    meals = np.flatnonzero(frame["carbs_g"].to_numpy() > 0)
+    boluses = np.flatnonzero(frame["insulin_u"].to_numpy() > 0)
+    assert 2 <= meals.size <= 6
+    # BBController answers each meal in the next step, with a bolus proportional to its carbohydrate.
+    assert boluses.tolist() == (meals + 1).tolist()
+    ratio = frame["insulin_u"].to_numpy()[boluses] / frame["carbs_g"].to_numpy()[meals]
+    assert np.ptp(ratio) < 0.02
+    # Unlike the randomised days, the same patient is not seeded into the same day: the two are different data.
+    assert not frame["glucose_mg_dl"].equals(simulate_patient("child#001", days=1.0, seed=3)["glucose_mg_dl"])
+    assert frame.equals(simulate_patient_published("child#001", days=1.0, seed=3))
+
+
 def test_meal_plans_are_randomised_and_scaled_by_body_size() -> None:
     rng = np.random.default_rng(0)
     days = [_meal_plan(rng, d, 1.0) for d in range(50)]
@@ -101,6 +123,20 @@ def test_simulated_split_is_by_patient_and_stratified_by_age_group() -> None:
     for group in ("child", "adolescent", "adult"):
         assert sum(group in k for k in split["test"]) == 2
         assert sum(group in k for k in split["val"]) == 1
+
+
+def test_a_patient_simulated_under_both_scenarios_stays_on_one_side_of_the_split() -> None:
+    from forecasting.ml.simulation import PUBLISHED_SUFFIX, patient_name
+
+    randomised = [f"simglucose/sim-{n}" for n in PATIENT_NAMES]
+    both = randomised + [f"{k}{PUBLISHED_SUFFIX}" for k in randomised]
+    split = split_sim_subjects(both, seed=0)
+    # Adding the published subjects changes nobody's side: earlier versions' held-out patients stay held out.
+    alone = split_sim_subjects(randomised, seed=0)
+    for part in ("train", "val", "test"):
+        assert sorted(k for k in split[part] if not k.endswith(PUBLISHED_SUFFIX)) == sorted(alone[part])
+        assert sorted(patient_name(k) for k in split[part] if k.endswith(PUBLISHED_SUFFIX)) == sorted(
+            patient_name(k) for k in alone[part])
 
 
 def test_the_treatment_flag_tells_no_data_from_zero_intake() -> None:
