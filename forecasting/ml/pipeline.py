@@ -38,7 +38,7 @@ from forecasting.ml.training import QuantileForecasterTrainer, TrainingConfig, s
 
 logger = logging.getLogger(__name__)
 
-MODEL_VERSION = "1.4.0"
+MODEL_VERSION = "1.4.1"
 #: Predicted-low alert: calibrated P(<70 mg/dL within 30 min) at least this.
 #: "More likely than not" is fixed a priori, not tuned on test subjects.
 ALERT_PROBABILITY = 0.5
@@ -192,14 +192,19 @@ def train_and_save(
     if sim_part:
         sim_rows, _ = evaluate_subjects(sim_part["test"], forecaster)
         blind_rows, _ = evaluate_subjects(_without_treatments(sim_part["test"], " (CGM only)"), forecaster)
-        # Simulated rows: the cohort and, as the bias audit, its age groups (labelled apart from the real bands).
-        blind_rows = [r for r in blind_rows if str(r["cohort"]).endswith("(CGM only)")]
-        for r in sim_rows + blind_rows:
-            if r["cohort"] == "all":
-                continue
-            if not str(r["cohort"]).startswith(SIM_COHORT):
-                r = {**r, "cohort": f"{SIM_COHORT} {r['cohort']}"}
-            rows.append(r)
+        # Simulated rows, labelled apart from the real ones: all simulated subjects, each scenario (a cohort
+        # label of its own; summarise leaves a lone cohort out as equal to "all"), and, as the bias audit,
+        # the age groups (with treatments only: CGM-only age rows would carry the same labels).
+        for sim_group, suffix in ((sim_rows, ""), (blind_rows, " (CGM only)")):
+            for r in sim_group:
+                label = str(r["cohort"])
+                if label == "all":
+                    label = f"{SIM_COHORT}, all scenarios{suffix}"
+                elif suffix and not label.endswith(suffix):
+                    continue
+                elif not label.startswith(SIM_COHORT):
+                    label = f"{SIM_COHORT} {label}"
+                rows.append({**r, "cohort": label})
     echo(format_report(rows))
     echo(format_calibration(calibration))
     meta.update(

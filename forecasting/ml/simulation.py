@@ -24,7 +24,7 @@ simglucose's own.
 Why simglucose's own scenario as well (:func:`simulate_patient_published`, since v1.4.0): a model trained only
 on the randomised days learned that a low is soon treated (the rescue carbohydrate there), so on days run with
 simglucose's published ``T1DSimEnv`` + ``RandomScenario`` + ``BBController``, where nobody treats a low, it
-forecast glucose below 54 mg/dL 23 mg/dL too high at 30 min and 52 at 60 min (30 patients x 3 days). Anyone
+forecast readings below 54 mg/dL 23 mg/dL too high at 30 min and 52 at 60 min (30 patients x 3 days). Anyone
 evaluating with simglucose as published gets those days, so the cohort holds both kinds, and the model must
 read the treatment channels to tell them apart.
 
@@ -32,10 +32,11 @@ Why correction boluses without a meal: with insulin only ever given at meals, a 
 learns the pair (insulin means a meal, so glucose rises) instead of what insulin does.
 
 Output rows follow the shared ``../shared/data`` format with the optional treatment
-columns: ``subject_id,timestamp,glucose_mg_dl,carbs_g,insulin_u``, one row per
-5-minute sensor reading; ``carbs_g`` is the carbohydrate eaten in the 5 minutes up to
-the reading and ``insulin_u`` the bolus insulin delivered in them (basal is not logged,
-as in most pump exports' bolus records).
+columns: ``subject_id,timestamp,glucose_mg_dl,carbs_g,insulin_u``, one row per sensor
+reading (every 5 minutes with GuardianRT, which training uses; the published days can also
+use simglucose's other sensors); ``carbs_g`` is the carbohydrate eaten since the previous
+reading and ``insulin_u`` the bolus insulin delivered in that time (basal is not logged, as in
+most pump exports' bolus records, unless the published days are asked to log it).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,8 @@ AGE_GROUPS = ("child", "adolescent", "adult")
 #: simglucose's 30 virtual patients: 10 per age group.
 PATIENT_NAMES = tuple(f"{group}#{i:03d}" for group in AGE_GROUPS for i in range(1, 11))
 SENSOR_NAME = "GuardianRT"  # the simglucose sensor with a 5-minute sample time
+#: simglucose's sensors (its params/sensor_params.csv); the published days may use any of them.
+SENSOR_NAMES = ("GuardianRT", "Dexcom", "Navigator")
 PUMP_NAME = "Insulet"
 SAMPLE_MINUTES = 5
 START = datetime(2024, 1, 1, 0, 0, 0)
@@ -71,9 +74,13 @@ CORRECTION_PROBABILITY = 0.5
 #: Part of the cache path: a change to the scenario (2: correction boluses) must not reuse older files.
 SCENARIO_VERSION = 2
 #: The two ways a patient's days are simulated (see the module docstring and :func:`simulate_patient_published`).
-RANDOMISED, PUBLISHED = "randomised", "published"
-SCENARIOS = (RANDOMISED, PUBLISHED)
-#: Subject ids are ``sim-<patient>`` (randomised) and ``sim-<patient>-published``.
+Scenario = Literal["randomised", "published"]
+RANDOMISED: Scenario = "randomised"
+PUBLISHED: Scenario = "published"
+#: Part of the published days' cache path, as SCENARIO_VERSION is of the randomised days' (2: a random
+#: stream of their own, apart from the randomised days' of the same patient and seed).
+PUBLISHED_VERSION = 2
+#: Subject ids are ``sim-<patient>`` (randomised) and ``sim-<patient>-published`` (:func:`subject_id`).
 PUBLISHED_SUFFIX = "-published"
 #: Readings are rounded like real sensor exports and clamped to the sensor range.
 SENSOR_LOW, SENSOR_HIGH = 40.0, 400.0
@@ -185,6 +192,35 @@ class _FastParams:
             setattr(self, str(key).strip(), value)
 
 
+def subject_id(name: str, scenario: Scenario = RANDOMISED) -> str:
+    """The cohort's subject id for simglucose patient ``name`` under ``scenario``; :func:`patient_name` inverts it."""
+    return f"sim-{name}{PUBLISHED_SUFFIX if scenario == PUBLISHED else ''}"
+
+
+def patient_name(subject: str) -> str:
+    """The simglucose patient behind a simulated subject id or bank key (either scenario), e.g. ``adult#001``."""
+    return subject.split("/")[-1].removeprefix("sim-").removesuffix(PUBLISHED_SUFFIX)
+
+
+def _devices(sg: dict[str, Any], name: str, rng: np.random.Generator, sensor_name: str) -> tuple[Any, Any, Any]:
+    """simglucose's patient (random initial state), sensor and pump, seeded from ``rng``."""
+    patient = sg["T1DPatient"].withName(name, random_init_bg=True, seed=int(rng.integers(2**31)))
+    sensor = sg["CGMSensor"].withName(sensor_name, seed=int(rng.integers(2**31)))
+    return patient, sensor, sg["InsulinPump"].withName(PUMP_NAME)
+
+
+def _reading(time: datetime, cgm: float, carbs_g: float, insulin_u: float, insulin_decimals: int = 2) -> tuple[str, float, float, float]:
+    """One output row: rounded and clamped like a real sensor export; boluses to 0.01 U."""
+    glucose = float(np.clip(round(cgm), SENSOR_LOW, SENSOR_HIGH))
+    return time.strftime("%Y-%m-%d %H:%M:%S"), glucose, round(carbs_g, 1), round(insulin_u, insulin_decimals)
+
+
+def _frame(rows: list[tuple[str, float, float, float]], subject: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"])
+    frame.insert(0, "subject_id", subject)
+    return frame
+
+
 def simulate_patient(
     name: str, days: float, seed: int, on_minute: Callable[[int], None] | None = None
 ) -> pd.DataFrame:
@@ -202,10 +238,8 @@ def simulate_patient(
     """
     sg = import_simglucose()
     rng = np.random.default_rng(seed)
-    patient = sg["T1DPatient"].withName(name, random_init_bg=True, seed=int(rng.integers(2**31)))
+    patient, sensor, pump = _devices(sg, name, rng, SENSOR_NAME)
     patient._params = _FastParams(patient._params)
-    sensor = sg["CGMSensor"].withName(SENSOR_NAME, seed=int(rng.integers(2**31)))
-    pump = sg["InsulinPump"].withName(PUMP_NAME)
     controller = sg["BBController"]()
     action_cls = sg["PatientAction"]
     # Children eat less; scale meals by body weight relative to an adult (capped).
@@ -255,16 +289,12 @@ def simulate_patient(
         carbs_acc += carbs
         bolus_acc += bolus_u
         if (minute + 1) % SAMPLE_MINUTES == 0:
-            ts = START + timedelta(minutes=minute + 1)
-            glucose = float(np.clip(round(cgm), SENSOR_LOW, SENSOR_HIGH))
-            rows.append((ts.strftime("%Y-%m-%d %H:%M:%S"), glucose, round(carbs_acc, 1), round(bolus_acc, 2)))
+            rows.append(_reading(START + timedelta(minutes=minute + 1), cgm, carbs_acc, bolus_acc))
             carbs_acc = 0.0
             bolus_acc = 0.0
         if on_minute is not None:
             on_minute(minute)
-    frame = pd.DataFrame(rows, columns=["timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"])
-    frame.insert(0, "subject_id", f"sim-{name}")
-    return frame
+    return _frame(rows, subject_id(name))
 
 
 def simulate_patient_published(
@@ -275,7 +305,9 @@ def simulate_patient_published(
     treatment of lows) and the Insulet pump.
 
     Args:
-        name, days, seed: as :func:`simulate_patient`.
+        name, days: as :func:`simulate_patient`.
+        seed: as :func:`simulate_patient`, through a random stream of its own: the same patient and seed
+            under the two scenarios share no initial state, sensor noise or meals.
         sensor_name: a simglucose sensor; GuardianRT (the default, training) reads every 5 minutes,
             Dexcom every 3.
         log_basal: write basal + bolus insulin in ``insulin_u`` (a pump's total delivery) instead of the
@@ -288,10 +320,8 @@ def simulate_patient_published(
     sg = import_simglucose()
     env_module = importlib.import_module("simglucose.simulation.env")
     scenario_module = importlib.import_module("simglucose.simulation.scenario_gen")
-    rng = np.random.default_rng(seed)
-    patient = sg["T1DPatient"].withName(name, random_init_bg=True, seed=int(rng.integers(2**31)))
-    sensor = sg["CGMSensor"].withName(sensor_name, seed=int(rng.integers(2**31)))
-    pump = sg["InsulinPump"].withName(PUMP_NAME)
+    rng = np.random.default_rng([seed, PUBLISHED_VERSION])
+    patient, sensor, pump = _devices(sg, name, rng, sensor_name)
     scenario = scenario_module.RandomScenario(start_time=START, seed=int(rng.integers(2**31)))
     env = env_module.T1DSimEnv(patient, sensor, pump, scenario)
     controller = sg["BBController"]()
@@ -305,29 +335,21 @@ def simulate_patient_published(
         observation, reward, done, info = env.step(action)
         # env.step holds the action for every minute of the step and logs per-minute means.
         insulin_u = (env.insulin_hist[-1] if log_basal else float(pump.bolus(action.bolus))) * step_minutes
-        carbs_g = env.CHO_hist[-1] * step_minutes
-        glucose = float(np.clip(round(observation.CGM), SENSOR_LOW, SENSOR_HIGH))
-        # Boluses to 0.01 U, as in the randomised days; a basal of a few hundredths per step needs 0.001.
-        insulin_u = round(insulin_u, 3 if log_basal else 2)
-        rows.append((env.time.strftime("%Y-%m-%d %H:%M:%S"), glucose, round(carbs_g, 1), insulin_u))
-    frame = pd.DataFrame(rows, columns=["timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"])
-    frame.insert(0, "subject_id", f"sim-{name}{PUBLISHED_SUFFIX}")
-    return frame
+        # A basal of a few hundredths of a unit per step needs the third decimal.
+        rows.append(_reading(env.time, observation.CGM, env.CHO_hist[-1] * step_minutes, insulin_u,
+                             insulin_decimals=3 if log_basal else 2))
+    return _frame(rows, subject_id(name, PUBLISHED))
 
 
-def patient_name(subject_id: str) -> str:
-    """The simglucose patient behind a simulated subject id (either scenario), e.g. ``adult#001``."""
-    return subject_id.split("/")[-1].removeprefix("sim-").removesuffix(PUBLISHED_SUFFIX)
-
-
-def patient_metadata(name: str) -> dict[str, str]:
-    """Metadata row in the shared ``<cohort>-metadata.csv`` style for one virtual patient."""
+def patient_metadata(subject: str) -> dict[str, str]:
+    """Metadata row in the shared ``<cohort>-metadata.csv`` style for one simulated subject id."""
     sg = import_simglucose()
     quest = pd.read_csv(importlib.resources.files("simglucose").joinpath("params/Quest.csv"))
+    name = patient_name(subject)
     row = quest.loc[quest.Name == name].iloc[0]
     del sg
     return {
-        "person_id": f"sim-{name}",
+        "person_id": subject,
         "age_group": name.split("#")[0],
         "age": str(int(row.Age)),
         "diabetes_type": "T1D (simulated)",
@@ -336,10 +358,10 @@ def patient_metadata(name: str) -> dict[str, str]:
 
 
 def _simulate_to_file(
-    name: str, days: float, patient_seed: int, path: Path, scenario: str = RANDOMISED, **published: Any,
+    name: str, days: float, patient_seed: int, path: Path, scenario: Scenario, sensor_name: str, log_basal: bool,
 ) -> None:
     if scenario == PUBLISHED:
-        frame = simulate_patient_published(name, days, patient_seed, **published)
+        frame = simulate_patient_published(name, days, patient_seed, sensor_name, log_basal)
     else:
         frame = simulate_patient(name, days, patient_seed)
     tmp = path.with_suffix(".tmp")
@@ -348,7 +370,7 @@ def _simulate_to_file(
 
 
 def iter_cohort(
-    names: tuple[str, ...], days: float, seed: int, cache_dir: Path, jobs: int = 1, scenario: str = RANDOMISED,
+    names: tuple[str, ...], days: float, seed: int, cache_dir: Path, jobs: int = 1, scenario: Scenario = RANDOMISED,
     sensor_name: str = SENSOR_NAME, log_basal: bool = False,
 ) -> Iterator[tuple[str, Path, bool]]:
     """Simulate each patient into ``cache_dir/patients/<scenario, days, seed>/<name>.csv`` unless already cached.
@@ -360,12 +382,18 @@ def iter_cohort(
     the order they finish (``jobs`` processes at a time). Per-patient files make an interrupted run
     resumable, and each patient's seed depends only on (seed, patient), so the files do not depend on
     ``jobs`` or on which patients were asked for.
+
+    Raises:
+        ValueError: an unknown scenario, or a sensor or basal logging asked of the randomised days.
     """
-    published: dict[str, Any] = {}
-    kind = f"scenario{SCENARIO_VERSION}"
-    if scenario == PUBLISHED:
-        published = {"sensor_name": sensor_name, "log_basal": log_basal}
-        kind = f"{PUBLISHED}-{sensor_name}-{'total' if log_basal else 'bolus'}-insulin"
+    if scenario == RANDOMISED:
+        if sensor_name != SENSOR_NAME or log_basal:
+            raise ValueError("the randomised days always use GuardianRT and log bolus insulin only")
+        kind = f"scenario{SCENARIO_VERSION}"
+    elif scenario == PUBLISHED:
+        kind = f"{PUBLISHED}{PUBLISHED_VERSION}-{sensor_name}-{'total' if log_basal else 'bolus'}-insulin"
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
     part_dir = cache_dir / "patients" / f"{kind}-days{days:g}-seed{seed}"
     part_dir.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[str, int, Path]] = []
@@ -377,26 +405,24 @@ def iter_cohort(
             todo.append((name, seed * 1000 + PATIENT_NAMES.index(name), path))
     if jobs <= 1:
         for name, patient_seed, path in todo:
-            _simulate_to_file(name, days, patient_seed, path, scenario, **published)
+            _simulate_to_file(name, days, patient_seed, path, scenario, sensor_name, log_basal)
             yield name, path, False
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        running = {pool.submit(_simulate_to_file, name, days, patient_seed, path, scenario, **published): (name, path)
+        running = {pool.submit(_simulate_to_file, name, days, patient_seed, path, scenario, sensor_name, log_basal): (name, path)
                    for name, patient_seed, path in todo}
         for done in as_completed(running):
             done.result()
             yield *running[done], False
 
 
-def assemble_cohort(paths: list[Path], names: list[str], cache_dir: Path) -> tuple[Path, Path]:
+def assemble_cohort(paths: list[Path], cache_dir: Path) -> tuple[Path, Path]:
     """Concatenate per-patient files into ``simglucose.csv.gz`` + ``simglucose-metadata.csv`` (one metadata
     row per subject id, so a patient simulated under both scenarios has two)."""
     frame = pd.concat([pd.read_csv(p, dtype={"subject_id": str, "timestamp": str}) for p in paths], ignore_index=True)
     out = cache_dir / f"{SIM_COHORT}.csv.gz"
     frame.to_csv(out, index=False, compression="gzip")
-    subject_ids = frame["subject_id"].drop_duplicates().tolist()
-    by_name = {n: patient_metadata(n) for n in names}
-    meta = pd.DataFrame([{**by_name[patient_name(sid)], "person_id": sid} for sid in subject_ids])
+    meta = pd.DataFrame([patient_metadata(sid) for sid in frame["subject_id"].drop_duplicates()])
     meta_path = cache_dir / f"{SIM_COHORT}-metadata.csv"
     meta.to_csv(meta_path, index=False)
     return out, meta_path
@@ -430,7 +456,8 @@ def split_sim_subjects(keys: list[str], seed: int = 0, n_test: int = 2, n_val: i
     """Split virtual patients, stratified by age group: per group ``n_test`` test, ``n_val`` val patients.
 
     The unit is the patient, not the subject id: a patient simulated under both scenarios goes to one side
-    with both. With one scenario this draws exactly the split of earlier versions.
+    with both. The patients on each side are those of earlier versions (the same draws); each side lists
+    its subject ids sorted (earlier versions listed them in draw order, which training reads them in).
     """
     rng = np.random.default_rng(seed)
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}

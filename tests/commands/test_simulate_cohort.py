@@ -42,6 +42,10 @@ def test_bad_arguments_are_refused_with_the_reason(tmp_path: Path) -> None:
         call_command("simulate_cohort", cache_dir=str(tmp_path), published_days=-1)
     with pytest.raises(CommandError, match="nothing to simulate"):
         call_command("simulate_cohort", cache_dir=str(tmp_path), days=0, published_days=0)
+    with pytest.raises(CommandError, match="apply to the published days alone"):
+        call_command("simulate_cohort", cache_dir=str(tmp_path), sensor="Dexcom")
+    with pytest.raises(CommandError, match="would replace the training cohort"):
+        call_command("simulate_cohort", days=0, published_days=1)
     with pytest.raises(CommandError, match="unknown simglucose patients"):
         call_command("simulate_cohort", cache_dir=str(tmp_path), patients="adult#099")
 

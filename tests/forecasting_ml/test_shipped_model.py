@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from forecasting.ml.artifacts import load_artifact
-from forecasting.ml.data import read_cgm_csv, readings_from_arrays
+from forecasting.ml.data import SubjectReadings, read_cgm_csv, readings_from_arrays
 from forecasting.ml.evaluation import collect_predictions
 from forecasting.ml.inference import DEFAULT_ARTIFACT, STATUS_OK, Forecaster
 from forecasting.ml.pipeline import evaluate_subjects
@@ -59,22 +59,23 @@ def test_shipped_model_beats_ar2_on_held_out_people_without_type_1_diabetes(shar
 def test_shipped_model_does_not_assume_a_low_will_be_treated() -> None:
     """On held-out virtual patients run with simglucose as published (no one treats a low), the 80 % band
     must hold a fair share of the readings below 70 mg/dL. v1.3.0, trained only on days with rescue
-    carbohydrate, held 33 % at 30 min and 14 % at 60 min here; v1.4.0 holds 64 % and 46 %."""
-    from forecasting.ml.simulation import patient_name, simulate_patient_published
+    carbohydrate, held 33 % at 30 min and 8 % at 60 min here; v1.4.1 holds 61 % and 54 %."""
+    from forecasting.ml.simulation import PATIENT_NAMES, patient_name, simulate_patient_published
 
     forecaster = Forecaster.load()
     held_out = sorted({patient_name(k) for k in forecaster.metadata["sim_split"]["test"]})
     assert len(held_out) == 6
-    subjects = {}
+    subjects: dict[str, SubjectReadings] = {}
     for name in held_out:
-        day = simulate_patient_published(name, 1.0, seed=1)
+        # Seeds no cohort of simulate_cohort draws (seed * 1000 + patient index for --seed 0 and 11).
+        day = simulate_patient_published(name, 2.0, seed=99_000 + PATIENT_NAMES.index(name))
         subjects[name] = readings_from_arrays(day["timestamp"].to_numpy(), day["glucose_mg_dl"].to_numpy(), name,
                                               carbs=day["carbs_g"].to_numpy(), insulin=day["insulin_u"].to_numpy())
     data = collect_predictions(subjects, predict_fn=forecaster.predict_origin_quantiles, config=forecaster.config,
                                scaler=forecaster.scaler, horizons=(30, 60))
-    for horizon, least in ((30, 0.5), (60, 0.35)):
+    for horizon, least in ((30, 0.5), (60, 0.4)):
         low = data.target[horizon] < 70
         p10, p90 = data.interval[horizon]
-        assert low.sum() > 100
+        assert low.sum() > 200
         inside = (data.target[horizon] >= p10) & (data.target[horizon] <= p90)
         assert inside[low].mean() >= least, f"{horizon} min: band holds {inside[low].mean():.0%} of readings below 70"

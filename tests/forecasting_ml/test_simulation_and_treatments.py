@@ -83,24 +83,37 @@ def test_the_simulation_is_seeded() -> None:
 
 
 @needs_simglucose
-def test_the_published_scenario_boluses_every_meal_and_never_treats_a_low() -> None:
+@pytest.mark.parametrize("seed", [3, 6])
+def test_the_published_scenario_boluses_every_meal_and_never_treats_a_low(seed: int) -> None:
     """simglucose's own T1DSimEnv + RandomScenario + BBController: what an evaluator using it as published gets."""
-    from forecasting.ml.simulation import PUBLISHED_SUFFIX, simulate_patient, simulate_patient_published
+    from forecasting.ml.simulation import (
+        PUBLISHED,
+        import_simglucose,
+        simulate_patient,
+        simulate_patient_published,
+        subject_id,
+    )
 
-    frame = simulate_patient_published("child#001", days=1.0, seed=3)
+    frame = simulate_patient_published("child#001", days=1.0, seed=seed)
     assert list(frame.columns) == ["subject_id", "timestamp", "glucose_mg_dl", "carbs_g", "insulin_u"]
-    assert len(frame) == 288 and frame["subject_id"].eq(f"sim-child#001{PUBLISHED_SUFFIX}").all()
+    assert len(frame) == 288 and frame["subject_id"].eq(subject_id("child#001", PUBLISHED)).all()
     assert pd.to_datetime(frame["timestamp"]).diff().dropna().eq(pd.Timedelta(minutes=5)).all()
     meals = np.flatnonzero(frame["carbs_g"].to_numpy() > 0)
     boluses = np.flatnonzero(frame["insulin_u"].to_numpy() > 0)
     assert 2 <= meals.size <= 6
-    # BBController answers each meal in the next step, with a bolus proportional to its carbohydrate.
+    # BBController answers each meal in the next step: carbohydrate / CR, plus a correction when the
+    # sensor it saw read above 150 mg/dL. No carbohydrate is ever eaten for a low.
     assert boluses.tolist() == (meals + 1).tolist()
-    ratio = frame["insulin_u"].to_numpy()[boluses] / frame["carbs_g"].to_numpy()[meals]
-    assert np.ptp(ratio) < 0.02
-    # Unlike the randomised days, the same patient is not seeded into the same day: the two are different data.
-    assert not frame["glucose_mg_dl"].equals(simulate_patient("child#001", days=1.0, seed=3)["glucose_mg_dl"])
-    assert frame.equals(simulate_patient_published("child#001", days=1.0, seed=3))
+    controller = import_simglucose()["BBController"]()
+    carb_ratio = float(controller.quest.loc[controller.quest.Name == "child#001", "CR"].iloc[0])
+    correction = frame["insulin_u"].to_numpy()[boluses] - frame["carbs_g"].to_numpy()[meals] / carb_ratio
+    seen = frame["glucose_mg_dl"].to_numpy()[meals]
+    assert np.allclose(correction[seen <= 148], 0.0, atol=0.01)
+    assert (correction[seen > 152] > 0).all()
+    # Its own random stream: the randomised days of the same patient and seed start elsewhere.
+    randomised = simulate_patient("child#001", days=1.0, seed=seed)
+    assert frame["glucose_mg_dl"].iloc[0] != randomised["glucose_mg_dl"].iloc[0]
+    assert frame.equals(simulate_patient_published("child#001", days=1.0, seed=seed))
 
 
 def test_meal_plans_are_randomised_and_scaled_by_body_size() -> None:
@@ -214,3 +227,12 @@ def test_training_only_the_treatment_inputs_leaves_glucose_only_forecasts_unchan
         torch.testing.assert_close(tuner.network_(torch.cat([x, torch.zeros(3, 24, 3)], dim=-1)), base(x), rtol=0, atol=1e-6)
         if tuner.best_epoch_:  # the treatment weights did move
             assert not torch.equal(base(x), tuner.network_(torch.cat([x, torch.ones(3, 24, 3)], dim=-1)))
+
+
+def test_the_cohort_refuses_sensors_for_the_randomised_days_and_unknown_scenarios(tmp_path: Path) -> None:
+    from forecasting.ml.simulation import RANDOMISED, iter_cohort
+
+    with pytest.raises(ValueError, match="randomised days always use GuardianRT"):
+        next(iter_cohort(("adult#001",), 0.01, 0, tmp_path, scenario=RANDOMISED, sensor_name="Dexcom"))
+    with pytest.raises(ValueError, match="unknown scenario"):
+        next(iter_cohort(("adult#001",), 0.01, 0, tmp_path, scenario="weekend"))  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ from tqdm import tqdm
 
 from forecasting.ml import simulation
 
+DEFAULT_CACHE_DIR = "var/simglucose"
+
 
 class Command(BaseCommand):
     help = (
@@ -21,7 +23,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("--cache-dir", default="var/simglucose", help="output folder (outside git)")
+        parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help=f"output folder (outside git; default {DEFAULT_CACHE_DIR})")
         parser.add_argument("--days", type=float, default=40.0,
                             help="randomised days per patient (40; 0 with --published-days for the published scenario alone)")
         parser.add_argument(
@@ -30,7 +32,7 @@ class Command(BaseCommand):
                  "subjects sim-<patient>-published (20; 0 skips them)",
         )
         parser.add_argument(
-            "--sensor", default=simulation.SENSOR_NAME, choices=("GuardianRT", "Dexcom", "Navigator"),
+            "--sensor", default=simulation.SENSOR_NAME, choices=simulation.SENSOR_NAMES,
             help="simglucose sensor of the published days (GuardianRT, every 5 min, as trained on; Dexcom every 3 min)",
         )
         parser.add_argument(
@@ -53,6 +55,11 @@ class Command(BaseCommand):
             raise CommandError("--days and --published-days must be 0 or more")
         if options["days"] == 0 and options["published_days"] == 0:
             raise CommandError("nothing to simulate: --days and --published-days are both 0")
+        robustness_file = options["sensor"] != simulation.SENSOR_NAME or options["log_basal"]
+        if robustness_file and options["days"] > 0:
+            raise CommandError("--sensor and --log-basal apply to the published days alone: pass --days 0")
+        if (robustness_file or options["days"] == 0) and Path(options["cache_dir"]) == Path(DEFAULT_CACHE_DIR):
+            raise CommandError(f"this would replace the training cohort in {DEFAULT_CACHE_DIR}: pass --cache-dir")
         if options["jobs"] < 1:
             raise CommandError("--jobs must be at least 1")
         if options["patients"] == "all":
@@ -68,23 +75,24 @@ class Command(BaseCommand):
             raise CommandError(f"simglucose is not installed ({exc}); pip install simglucose==0.2.11") from exc
         cache_dir = Path(options["cache_dir"])
         cache_dir.mkdir(parents=True, exist_ok=True)
-        runs = [(simulation.RANDOMISED, options["days"])] if options["days"] > 0 else []
+        runs: list[tuple[simulation.Scenario, float]] = [(simulation.RANDOMISED, options["days"])] if options["days"] > 0 else []
         if options["published_days"] > 0:
             runs.append((simulation.PUBLISHED, options["published_days"]))
         paths: dict[tuple[str, str], Path] = {}
         bar = tqdm(total=len(names) * len(runs), desc="simglucose patients", unit="patient")
         for scenario, days in runs:
+            devices: dict[str, Any] = (
+                {"sensor_name": options["sensor"], "log_basal": options["log_basal"]} if scenario == simulation.PUBLISHED else {}
+            )
             cohort = simulation.iter_cohort(tuple(names), days, options["seed"], cache_dir, jobs=options["jobs"],
-                                            scenario=scenario, sensor_name=options["sensor"],
-                                            log_basal=options["log_basal"])
+                                            scenario=scenario, **devices)
             for name, path, cached in cohort:
                 paths[scenario, name] = path
                 bar.set_postfix_str(f"{name}, {scenario}{' (cached)' if cached else ''}")
                 bar.update(1)
         bar.close()
         # In the order asked for, however they finished: the cohort file (and training on it) is reproducible.
-        out, meta = simulation.assemble_cohort([paths[scenario, name] for scenario, _ in runs for name in names],
-                                               names, cache_dir)
+        out, meta = simulation.assemble_cohort([paths[scenario, name] for scenario, _ in runs for name in names], cache_dir)
         parts = [f"{days:g} {'randomised days' if scenario == simulation.RANDOMISED else 'days of simglucose published'}"
                  for scenario, days in runs]
         self.stdout.write(f"wrote {out} and {meta} ({len(names)} patients x {' + '.join(parts)})")
