@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -341,13 +342,18 @@ def simulate_patient_published(
     return _frame(rows, subject_id(name, PUBLISHED))
 
 
+@cache
+def _quest_table() -> pd.DataFrame:
+    """simglucose's patient table (name, age, carbohydrate ratio...), read once per process."""
+    import_simglucose()  # its package import needs the shims
+    return pd.read_csv(importlib.resources.files("simglucose").joinpath("params/Quest.csv"))
+
+
 def patient_metadata(subject: str) -> dict[str, str]:
     """Metadata row in the shared ``<cohort>-metadata.csv`` style for one simulated subject id."""
-    sg = import_simglucose()
-    quest = pd.read_csv(importlib.resources.files("simglucose").joinpath("params/Quest.csv"))
+    quest = _quest_table()
     name = patient_name(subject)
     row = quest.loc[quest.Name == name].iloc[0]
-    del sg
     return {
         "person_id": subject,
         "age_group": name.split("#")[0],

@@ -6,10 +6,11 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from forecasting.ml.artifacts import load_artifact
-from forecasting.ml.data import SubjectReadings, read_cgm_csv, readings_from_arrays
+from forecasting.ml.data import frame_to_subjects, read_cgm_csv
 from forecasting.ml.evaluation import collect_predictions
 from forecasting.ml.inference import DEFAULT_ARTIFACT, STATUS_OK, Forecaster
 from forecasting.ml.pipeline import evaluate_subjects
@@ -65,12 +66,9 @@ def test_shipped_model_does_not_assume_a_low_will_be_treated() -> None:
     forecaster = Forecaster.load()
     held_out = sorted({patient_name(k) for k in forecaster.metadata["sim_split"]["test"]})
     assert len(held_out) == 6
-    subjects: dict[str, SubjectReadings] = {}
-    for name in held_out:
-        # Seeds no cohort of simulate_cohort draws (seed * 1000 + patient index for --seed 0 and 11).
-        day = simulate_patient_published(name, 2.0, seed=99_000 + PATIENT_NAMES.index(name))
-        subjects[name] = readings_from_arrays(day["timestamp"].to_numpy(), day["glucose_mg_dl"].to_numpy(), name,
-                                              carbs=day["carbs_g"].to_numpy(), insulin=day["insulin_u"].to_numpy())
+    # Seeds no cohort of simulate_cohort draws (seed * 1000 + patient index for --seed 0 and 11).
+    days = [simulate_patient_published(name, 2.0, seed=99_000 + PATIENT_NAMES.index(name)) for name in held_out]
+    subjects = frame_to_subjects(pd.concat(days, ignore_index=True))
     data = collect_predictions(subjects, predict_fn=forecaster.predict_origin_quantiles, config=forecaster.config,
                                scaler=forecaster.scaler, horizons=(30, 60))
     for horizon, least in ((30, 0.5), (60, 0.4)):

@@ -81,11 +81,10 @@ class Command(BaseCommand):
         paths: dict[tuple[str, str], Path] = {}
         bar = tqdm(total=len(names) * len(runs), desc="simglucose patients", unit="patient")
         for scenario, days in runs:
-            devices: dict[str, Any] = (
-                {"sensor_name": options["sensor"], "log_basal": options["log_basal"]} if scenario == simulation.PUBLISHED else {}
-            )
+            # Checked above: with randomised days, sensor and basal logging are the defaults.
             cohort = simulation.iter_cohort(tuple(names), days, options["seed"], cache_dir, jobs=options["jobs"],
-                                            scenario=scenario, **devices)
+                                            scenario=scenario, sensor_name=options["sensor"],
+                                            log_basal=options["log_basal"])
             for name, path, cached in cohort:
                 paths[scenario, name] = path
                 bar.set_postfix_str(f"{name}, {scenario}{' (cached)' if cached else ''}")
